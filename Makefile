@@ -1,0 +1,44 @@
+# canary-gate task runner: CI calls `make test` (through .ci/run).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv example test lint typecheck unit bench lock clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13), "canary-gate needs Python 3.11 or 3.12 (bytewax 0.21 has no wheels for newer)"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+# First README command: judge the bundled example stream (no broker needed).
+example: venv
+	@mkdir -p out
+	$(BIN)/canary-gate run --config examples/rollout.toml --source examples/telemetry.jsonl.gz \
+	    --verdicts out/verdicts.jsonl --board on
+
+# Second README command: everything CI runs.
+test: venv lint typecheck unit
+
+lint: venv
+	$(BIN)/ruff check pipeline tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python bench/throughput.py
+
+lock: venv
+	$(BIN)/pip freeze --exclude-editable | sed '1i # Locked versions of every runtime and dev dependency (pip freeze of a working venv).\n# Regenerate: make lock' > requirements.lock
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

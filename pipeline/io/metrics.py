@@ -1,0 +1,167 @@
+"""Prometheus exposition of verdicts, statistics and pipeline health (SPEC section 6).
+
+`CanaryCollector` keeps the latest verdict and running counters and renders
+them on scrape; it is fed through an `ObserveSink` inside the dataflow.  Label values
+that come from events (variant, region) were already capped by the engine's
+`LabelCaps`; status codes are bounded by the schema (100-599) and failure
+phases by their enum, so no event can grow the series count without bound.
+Wall time (for event-time lag) comes from an injected clock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pipeline.engine import Report
+from pipeline.model import DeadLetter, Decision, GateStatus, Verdict
+
+PREFIX = "canary_gate"
+
+
+class CanaryCollector(Collector):
+    """Holds what the last window closes said; renders it as metric families."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.verdict: Verdict | None = None
+        self.quantiles: dict[tuple[str, str, str, str, float], float] = {}
+        self.watermark: float | None = None
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.errors: Counter[tuple[str, str]] = Counter()
+        self.classes: Counter[tuple[str, str, str]] = Counter()
+        self.x_warm: Counter[tuple[str, str]] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.events = 0
+        self.verdicts = 0
+        self.dead_letters: Counter[str] = Counter()
+
+    def observe(self, item: Report | DeadLetter) -> None:
+        """Fold one dataflow output in."""
+        with self.lock:
+            if isinstance(item, DeadLetter):
+                self.dead_letters[str(item.reason)] += 1
+                self.dropped[str(item.reason)] += 1
+                return
+            self.verdict = item.verdict
+            self.verdicts += 1
+            self.quantiles = item.quantiles
+            self.watermark = item.watermark
+            self.events = item.totals.get("events_in", 0)
+            window = item.window
+            if window is None:
+                return
+            c = window.c
+            for key, n in c.get("user", {}).items():
+                self.requests[key] += n
+            for key, n in c.get("errors", {}).items():
+                self.errors[key] += n
+            for (variant, status, phase), n in c.get("classes", {}).items():
+                self.classes[(variant, str(status), phase)] += n
+            for key, n in c.get("x_warm", {}).items():
+                self.x_warm[key] += n
+                self.dropped["x_warm"] += n
+            for _, n in c.get("duplicates", {}).items():
+                self.dropped["duplicate"] += n
+
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            yield from self._verdict_families()
+            yield from self._stat_families()
+            yield from self._health_families()
+
+    def _verdict_families(self) -> Iterator[Metric]:
+        v = self.verdict
+        decision = GaugeMetricFamily(
+            f"{PREFIX}_decision", "Latest decision per rollout, one-hot over the four decisions.",
+            labels=["rollout", "stage", "decision"])
+        status = GaugeMetricFamily(
+            f"{PREFIX}_gate_status", "Latest gate status per region, one-hot over the five statuses.",
+            labels=["rollout", "stage", "gate", "region", "status"])
+        observed = GaugeMetricFamily(
+            f"{PREFIX}_gate_observed", "Observed value of a gate row (absent for set-valued gates).",
+            labels=["rollout", "stage", "gate", "region"])
+        threshold = GaugeMetricFamily(
+            f"{PREFIX}_gate_threshold", "Threshold of a gate row (absent for set-valued gates).",
+            labels=["rollout", "stage", "gate", "region"])
+        hard_stop = GaugeMetricFamily(
+            f"{PREFIX}_gate_hard_stop", "1 when a gate row is a hard stop (page on this).",
+            labels=["rollout", "stage", "gate", "region"])
+        window_end = GaugeMetricFamily(
+            f"{PREFIX}_window_end_timestamp_seconds", "End of the window of the latest verdict.",
+            labels=["rollout", "stage"])
+        if v is not None:
+            for d in Decision:
+                decision.add_metric([v.rollout, v.stage, str(d)], 1.0 if v.decision is d else 0.0)
+            window_end.add_metric([v.rollout, v.stage], v.window_end)
+            for row in v.gates:
+                region = row.region or ""
+                for s in GateStatus:
+                    status.add_metric([v.rollout, v.stage, row.gate, region, str(s)],
+                                      1.0 if row.status is s else 0.0)
+                if row.observed is not None:
+                    observed.add_metric([v.rollout, v.stage, row.gate, region], row.observed)
+                if row.threshold is not None:
+                    threshold.add_metric([v.rollout, v.stage, row.gate, region], row.threshold)
+                hard_stop.add_metric([v.rollout, v.stage, row.gate, region], 1.0 if row.hard_stop else 0.0)
+        yield from (decision, status, observed, threshold, hard_stop, window_end)
+
+    def _stat_families(self) -> Iterator[Metric]:
+        latency = GaugeMetricFamily(
+            f"{PREFIX}_latency_seconds",
+            "Latency quantiles over the horizon per variant, region, warm/cold and phase.",
+            labels=["variant", "region", "temperature", "phase", "quantile"])
+        for (variant, region, temp, phase, q), ms in sorted(self.quantiles.items()):
+            latency.add_metric([variant, region, temp, phase, f"{q:g}"], ms / 1000.0)
+        yield latency
+        yield _counter("requests", "User requests (x_warm pings and probes excluded).",
+                       ["variant", "region"], self.requests)
+        yield _counter("errors", "User requests with status >= 500.", ["variant", "region"], self.errors)
+        yield _counter("errors_by_class", "5xx user requests by class (status, failure_phase).",
+                       ["variant", "status", "failure_phase"], self.classes)
+        yield _counter("x_warm_pings", "Warm-up pings (counted, in no gate).",
+                       ["variant", "region"], self.x_warm)
+        yield _counter("dropped_events", "Events kept out of the gates, by reason.",
+                       ["reason"], {(k,): n for k, n in self.dropped.items()})
+        yield _counter("dead_letters", "Messages sent to the dead-letter output, by reason.",
+                       ["reason"], {(k,): n for k, n in self.dead_letters.items()})
+
+    def _health_families(self) -> Iterator[Metric]:
+        events = CounterMetricFamily(f"{PREFIX}_events_processed", "Decoded events processed.")
+        events.add_metric([], float(self.events))
+        verdicts = CounterMetricFamily(f"{PREFIX}_verdicts", "Verdicts published.")
+        verdicts.add_metric([], float(self.verdicts))
+        yield events
+        yield verdicts
+        if self.watermark is not None:
+            wm = GaugeMetricFamily(f"{PREFIX}_watermark_timestamp_seconds",
+                                   "Stream-wide event-time watermark.")
+            wm.add_metric([], self.watermark)
+            lag = GaugeMetricFamily(f"{PREFIX}_event_time_lag_seconds",
+                                    "Wall-clock time minus the event-time watermark.")
+            lag.add_metric([], self.clock() - self.watermark)
+            yield wm
+            yield lag
+
+
+def _counter(name: str, doc: str, labels: list[str], values: Any) -> CounterMetricFamily:
+    family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+    for key, n in sorted(values.items()):
+        family.add_metric([str(k) for k in key], float(n))
+    return family
+
+
+def serve(collector: CanaryCollector, port: int, addr: str = "0.0.0.0") -> CollectorRegistry:
+    """Register the collector in a fresh registry and serve /metrics on `port`."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    start_http_server(port, addr=addr, registry=registry)
+    return registry

@@ -1,0 +1,225 @@
+"""Plain data shared by the pure core: stages, statuses, events, gate rows and verdicts."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+LADDER: tuple[str, ...] = ("shadow", "1%", "5%", "10%", "25%", "50%", "100%")
+
+
+def stage_rank(stage: str) -> int:
+    """Position of a stage on the ladder (shadow is 0)."""
+    try:
+        return LADDER.index(stage)
+    except ValueError:
+        raise ValueError(f"stage must be one of {list(LADDER)}, got {stage!r}") from None
+
+
+class GateStatus(enum.StrEnum):
+    """Outcome of one gate row."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    WARN = "warn"
+    SKIPPED = "skipped"
+    INSUFFICIENT_DATA = "insufficient_data"
+
+    @property
+    def severity(self) -> int:
+        """Rank used to pick a per-region gate's worst row (higher is worse)."""
+        return _SEVERITY[self]
+
+    @property
+    def clean(self) -> bool:
+        """True for statuses that never block promotion."""
+        return self in (GateStatus.PASS, GateStatus.WARN, GateStatus.SKIPPED)
+
+
+_SEVERITY = {
+    GateStatus.PASS: 0,
+    GateStatus.SKIPPED: 1,
+    GateStatus.WARN: 2,
+    GateStatus.INSUFFICIENT_DATA: 3,
+    GateStatus.FAIL: 4,
+}
+
+
+class Decision(enum.StrEnum):
+    """What rollout automation should do after a window closes."""
+
+    STOP = "stop"
+    INSUFFICIENT_DATA = "insufficient_data"
+    PROMOTE = "promote"
+    HOLD = "hold"
+
+
+class DeadLetterReason(enum.StrEnum):
+    """Why an input message was diverted from the gates."""
+
+    INVALID_JSON = "invalid_json"
+    SCHEMA = "schema"
+    TOO_LARGE = "too_large"
+    FUTURE = "future"
+    LATE = "late"
+
+
+# Reasons that count against a variant in the schema_violations gate.
+MALFORMED_REASONS = frozenset(
+    {DeadLetterReason.INVALID_JSON, DeadLetterReason.SCHEMA, DeadLetterReason.TOO_LARGE}
+)
+
+LAMBDA_STATES: tuple[str, ...] = ("→", "←", "<>", "×")
+LAMBDA_CONVERGENT = 0  # index of "→" in LAMBDA_STATES
+
+
+@dataclass(slots=True)
+class Event:
+    """One decoded telemetry event (schema v1), aliases already resolved.
+
+    `ts` is event time in seconds since the Unix epoch (UTC).  `lambda_state`
+    is an index into LAMBDA_STATES or -1 when absent.
+    """
+
+    ts: float
+    route: str
+    variant: str
+    sticky: str
+    region: str
+    cold_start: bool
+    x_warm: bool
+    request_id: str | None
+    tffb: float
+    tusable: float
+    tfinal: float
+    status: int
+    failure_phase: str | None
+    has_retrieval: bool
+    index_hash: str | None
+    metric: str | None
+    analyzer: str | None
+    delta_s: float | None
+    coverage: float | None
+    lambda_state: int
+    probe_question: str | None
+    probe_topic: str | None
+    probe_paraphrase: int
+    probe_seed: int
+    cache_prefix: str | None
+    cache_hit: bool | None
+    raw: bytes = b""  # the original message, for the dead-letter output
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeError:
+    """A message that could not become an Event, with why."""
+
+    raw: bytes
+    reason: DeadLetterReason
+    detail: str
+    variant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message diverted to the dead-letter output."""
+
+    raw: bytes
+    reason: DeadLetterReason
+    detail: str
+    variant: str | None = None
+    source: str | None = None  # where the message came from, e.g. "file:3" or "topic/2@17"
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able record: the original line and why it was diverted."""
+        return {
+            "reason": str(self.reason),
+            "detail": self.detail,
+            "variant": self.variant,
+            "source": self.source,
+            "line": self.raw.decode("utf-8", errors="replace"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GateRow:
+    """One row of one gate in a verdict."""
+
+    gate: str
+    status: GateStatus
+    region: str | None
+    observed: float | None
+    threshold: float | None
+    hard_stop: bool
+    canary_n: int
+    control_n: int
+    reason: str
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able record per SPEC section 4."""
+        return {
+            "gate": self.gate,
+            "status": str(self.status),
+            "region": self.region,
+            "observed": self.observed,
+            "threshold": self.threshold,
+            "hard_stop": self.hard_stop,
+            "canary_n": self.canary_n,
+            "control_n": self.control_n,
+            "reason": self.reason,
+        }
+
+
+def format_time(epoch_s: float) -> str:
+    """RFC 3339 UTC with a Z suffix, whole seconds when exact."""
+    moment = datetime.fromtimestamp(epoch_s, tz=UTC)
+    if moment.microsecond:
+        return moment.isoformat().replace("+00:00", "Z")
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The judgement made when one window closes."""
+
+    rollout: str
+    stage: str
+    window_end: float
+    decision: Decision
+    gates: tuple[GateRow, ...]
+
+    @property
+    def id(self) -> str:
+        """Stable id: the same window re-judged after a restart has the same id."""
+        return f"{self.rollout}/{format_time(self.window_end)}"
+
+    @property
+    def reasons(self) -> list[str]:
+        """Reasons of every row that is not a pass, prefixed with gate and region."""
+        out = []
+        for row in self.gates:
+            if row.status is not GateStatus.PASS:
+                where = f"{row.gate} {row.region}" if row.region else row.gate
+                out.append(f"{where}: {row.reason}")
+        return out
+
+    def gate_status(self, gate: str) -> GateStatus:
+        """Overall status of a gate: its worst row."""
+        rows = [r.status for r in self.gates if r.gate == gate]
+        if not rows:
+            raise KeyError(gate)
+        return max(rows, key=lambda s: s.severity)
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able verdict record per SPEC section 4."""
+        return {
+            "id": self.id,
+            "rollout": self.rollout,
+            "stage": self.stage,
+            "window_end": format_time(self.window_end),
+            "decision": str(self.decision),
+            "gates": [row.to_record() for row in self.gates],
+            "reasons": self.reasons,
+        }

@@ -1,0 +1,172 @@
+"""Latency sketches: DDSketch's logarithmic mapping over a fixed, dense key range.
+
+A `Sketch` buckets positive values with ddsketch's `LogarithmicMapping` (1 %
+relative accuracy by default), so its quantiles equal those of
+`ddsketch.DDSketch` fed the same values.  Unlike ddsketch's stores it keeps
+one numpy array of counts over a fixed key range covering 0.001 ms .. 10^7 ms
+(about 1,150 bins, 9 kB dense), which makes three things cheap:
+
+* adding a micro-batch is one vectorised log and one `bincount`;
+* sketches add *and subtract* bin by bin, so a horizon is a running sum of
+  windows instead of a re-merge of 60 sketches at every close;
+* a closed window keeps only its occupied span (`CompactSketch`, a few hundred
+  bytes), so 60 windows of history cost little.
+
+Values outside the range are clamped to its edge bins (counted, so quantiles
+stay rank-correct); values <= 0 go to the zero bucket as in DDSketch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from ddsketch import DDSketch
+from ddsketch.mapping import LogarithmicMapping
+
+DEFAULT_ACCURACY = 0.01
+MIN_VALUE = 1e-3
+MAX_VALUE = 1e7
+
+Counts = npt.NDArray[np.int64]
+
+
+class _Layout:
+    """Key range and mapping constants for one relative accuracy."""
+
+    def __init__(self, accuracy: float) -> None:
+        self.accuracy = accuracy
+        self.mapping = LogarithmicMapping(accuracy)
+        # Same arithmetic as LogarithmicMapping.key: ceil(log2(v) * multiplier).
+        self.multiplier: float = self.mapping._multiplier
+        self.key_lo = self.mapping.key(MIN_VALUE)
+        self.key_hi = self.mapping.key(MAX_VALUE)
+        self.size = self.key_hi - self.key_lo + 1
+        self.values = np.array(
+            [self.mapping.value(k) for k in range(self.key_lo, self.key_hi + 1)], dtype=np.float64
+        )
+
+    def indices(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        keys = np.ceil(np.log(values) / math.log(2) * self.multiplier)
+        idx: npt.NDArray[np.int64] = np.clip(keys - self.key_lo, 0, self.size - 1).astype(np.int64)
+        return idx
+
+
+_LAYOUTS: dict[float, _Layout] = {}
+
+
+def _layout(accuracy: float) -> _Layout:
+    layout = _LAYOUTS.get(accuracy)
+    if layout is None:
+        layout = _LAYOUTS[accuracy] = _Layout(accuracy)
+    return layout
+
+
+class Sketch:
+    """A mergeable, subtractable quantile sketch with relative accuracy `accuracy`."""
+
+    __slots__ = ("accuracy", "counts", "zero")
+
+    def __init__(self, accuracy: float = DEFAULT_ACCURACY) -> None:
+        self.accuracy = accuracy
+        self.counts: Counts = np.zeros(_layout(accuracy).size, dtype=np.int64)
+        self.zero = 0
+
+    @property
+    def count(self) -> int:
+        """Number of values added."""
+        return int(self.counts.sum()) + self.zero
+
+    def add(self, value: float) -> None:
+        """Add one value."""
+        self.add_many(np.array([value], dtype=np.float64))
+
+    def add_many(self, values: npt.NDArray[np.float64] | list[float]) -> None:
+        """Add a batch of values (one vectorised pass)."""
+        arr = np.asarray(values, dtype=np.float64)
+        positive = arr > 0
+        npos = int(positive.sum())
+        self.zero += len(arr) - npos
+        if npos:
+            idx = _layout(self.accuracy).indices(arr[positive] if npos < len(arr) else arr)
+            self.counts += np.bincount(idx, minlength=len(self.counts))
+
+    def _check(self, other: Sketch | CompactSketch) -> None:
+        if other.accuracy != self.accuracy:
+            raise ValueError(
+                f"cannot merge sketches with relative accuracy {self.accuracy} and {other.accuracy}"
+            )
+
+    def merge(self, other: Sketch | CompactSketch) -> None:
+        """Add another sketch's values to this one (same accuracy only)."""
+        self._check(other)
+        if isinstance(other, Sketch):
+            self.counts += other.counts
+        else:
+            self.counts[other.lo : other.lo + len(other.bins)] += other.bins
+        self.zero += other.zero
+
+    def subtract(self, other: Sketch | CompactSketch) -> None:
+        """Remove values previously merged in from `other` (same accuracy only)."""
+        self._check(other)
+        if isinstance(other, Sketch):
+            self.counts -= other.counts
+        else:
+            self.counts[other.lo : other.lo + len(other.bins)] -= other.bins
+        self.zero -= other.zero
+        if self.zero < 0 or (self.counts < 0).any():
+            raise ValueError("subtracted a sketch that was never merged in")
+
+    def quantile(self, q: float) -> float | None:
+        """Value at quantile q (0..1), as ddsketch.DDSketch would answer; None if empty."""
+        total = self.count
+        if not 0 <= q <= 1 or total == 0:
+            return None
+        rank = q * (total - 1)
+        if rank < self.zero:
+            return 0.0
+        cumulative = np.cumsum(self.counts)
+        i = int(np.searchsorted(cumulative, rank - self.zero, side="right"))
+        return float(_layout(self.accuracy).values[min(i, len(cumulative) - 1)])
+
+    def compact(self) -> CompactSketch:
+        """The occupied span only, for keeping closed windows cheaply."""
+        nz = np.flatnonzero(self.counts)
+        if len(nz) == 0:
+            return CompactSketch(self.accuracy, 0, np.zeros(0, dtype=np.uint32), self.zero)
+        lo, hi = int(nz[0]), int(nz[-1]) + 1
+        return CompactSketch(self.accuracy, lo, self.counts[lo:hi].astype(np.uint32), self.zero)
+
+    def to_ddsketch(self) -> DDSketch:
+        """An equivalent ddsketch.DDSketch (for export and cross-checks)."""
+        out = DDSketch(self.accuracy)
+        layout = _layout(self.accuracy)
+        for i in np.flatnonzero(self.counts):
+            out._store.add(int(i) + layout.key_lo, float(self.counts[i]))
+            out._count += float(self.counts[i])
+        if self.zero:
+            out._zero_count += self.zero
+            out._count += self.zero
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class CompactSketch:
+    """A closed window's sketch: bins [lo, lo + len(bins)) of the dense layout."""
+
+    accuracy: float
+    lo: int
+    bins: npt.NDArray[np.uint32]
+    zero: int
+
+    @property
+    def count(self) -> int:
+        """Number of values held."""
+        return int(self.bins.sum()) + self.zero
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate memory held by the bins."""
+        return int(self.bins.nbytes) + 64

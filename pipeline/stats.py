@@ -1,0 +1,229 @@
+"""Window aggregates: what one event-time window remembers, and the horizon sum.
+
+A `WindowStats` is built with `new`, fed with `add` (one event) and `flush`
+(vectorised sketch update), and combined with `merge` / `subtract`.  All
+non-latency statistics are integer counters keyed by small tuples, so a
+horizon is a running sum: merge the window that closes, subtract the one that
+falls out.  Latency lives in `Sketch`es (see sketch.py), which also subtract.
+
+Memory bounds (per window, all from event content):
+* label values (variant, region, topic, prefix, INDEX_HASH, metric, analyzer)
+  are capped by `LabelCaps` at `limits.max_label_values` each, the rest fold
+  into "other"; probe question ids are capped at QUESTION_CAP;
+* ΔS and coverage are kept as exact counts of values rounded to 1e-4, so at
+  most 10,001 distinct values per (variant, topic);
+* latency: 3 dense sketches (9 kB each) per (variant, region, warm/cold) while
+  a window is open, a few hundred bytes each once compacted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable
+from typing import Any, overload
+
+from pipeline.model import Event
+from pipeline.sketch import CompactSketch, Sketch
+
+OTHER = "other"
+QUESTION_CAP = 4096
+PHASES = ("tffb", "tusable", "tfinal")
+PHASE_INDEX = {p: i for i, p in enumerate(PHASES)}
+
+# Counter families of a window; each maps a tuple (or str) key to a count.
+FAMILIES = (
+    "events",       # variant -> accepted events (x_warm and probes included)
+    "x_warm",       # (variant, region) -> warm-up pings
+    "user",         # (variant, region) -> user requests
+    "errors",       # (variant, region) -> user requests with status >= 500
+    "statuses",     # (variant, region, status) -> user requests
+    "classes",      # (variant, status, failure_phase or "none") -> 5xx user requests
+    "duplicates",   # variant -> events dropped as duplicate request_id
+    "dead",         # (variant or "", reason) -> dead letters
+    "probes",       # variant -> probe events
+    "delta_s",      # (variant, value) -> probe events
+    "coverage",     # (variant, topic, value) -> probe events
+    "lam",          # (variant, question, paraphrase, seed, state) -> probe events
+    "index_obs",    # (variant, region, INDEX_HASH, metric, analyzer) -> user requests with retrieval
+    "prefixes",     # (variant, prefix) -> user requests with a cache block
+    "cache",        # (variant, "n" | "hit") -> user requests with a cache block
+)
+
+LatencyKey = tuple[str, str, bool]  # variant, region, cold
+
+
+class LabelCaps:
+    """Caps the distinct values kept per event-derived label; the rest become "other"."""
+
+    def __init__(self, limit: int, reserved: tuple[str, ...] = ()) -> None:
+        self.limit = limit
+        self.kinds: dict[str, dict[str, str]] = {}
+        self.folded: Counter[str] = Counter()
+        self.variants = self.kinds["variant"] = {}
+        self.regions = self.kinds["region"] = {}
+        for value in reserved:
+            self.admit("variant", value)
+
+    @overload
+    def admit(self, kind: str, value: str, limit: int | None = None) -> str: ...
+    @overload
+    def admit(self, kind: str, value: None, limit: int | None = None) -> None: ...
+    @overload
+    def admit(self, kind: str, value: str | None, limit: int | None = None) -> str | None: ...
+
+    def admit(self, kind: str, value: str | None, limit: int | None = None) -> str | None:
+        """The value itself while under the cap, else OTHER (None stays None)."""
+        if value is None:
+            return None
+        seen = self.kinds.get(kind)
+        if seen is None:
+            seen = self.kinds[kind] = {}
+        got = seen.get(value)
+        if got is not None:
+            return got
+        if len(seen) >= (limit or self.limit):
+            self.folded[kind] += 1
+            return OTHER
+        seen[value] = value
+        return value
+
+
+class WindowStats:
+    """Statistics of one window (or of a horizon, when used as a running sum)."""
+
+    __slots__ = ("_pending", "accuracy", "c", "latency")
+
+    def __init__(self, accuracy: float = 0.01) -> None:
+        self.accuracy = accuracy
+        self.c: dict[str, Counter[Any]] = {f: Counter() for f in FAMILIES}
+        self.latency: dict[LatencyKey, list[Sketch]] = {}
+        self._pending: dict[LatencyKey, tuple[list[float], list[float], list[float]]] = {}
+
+    @classmethod
+    def new(cls, accuracy: float = 0.01) -> WindowStats:
+        """An empty window."""
+        return cls(accuracy)
+
+    def add(self, ev: Event, caps: LabelCaps) -> None:
+        """Fold one accepted, de-duplicated event in (latency is buffered until flush)."""
+        c = self.c
+        # Inline fast path of caps.admit for the two labels every event has.
+        v = caps.variants.get(ev.variant) or caps.admit("variant", ev.variant)
+        r = caps.regions.get(ev.region) or caps.admit("region", ev.region)
+        c["events"][v] += 1
+        if ev.x_warm:
+            c["x_warm"][(v, r)] += 1
+            return
+        if ev.probe_question is not None:
+            c["probes"][v] += 1
+            if ev.delta_s is not None:
+                c["delta_s"][(v, round(ev.delta_s, 4))] += 1
+            if ev.coverage is not None:
+                c["coverage"][(v, caps.admit("topic", ev.probe_topic), round(ev.coverage, 4))] += 1
+            if ev.lambda_state >= 0:
+                q = caps.admit("question", ev.probe_question, QUESTION_CAP)
+                c["lam"][(v, q, ev.probe_paraphrase, ev.probe_seed, ev.lambda_state)] += 1
+            return
+        # Probes feed only the probe gates (SPEC section 3); from here on, user requests.
+        if ev.has_retrieval:
+            c["index_obs"][(
+                v, r,
+                caps.admit("index_hash", ev.index_hash),
+                caps.admit("metric", ev.metric),
+                caps.admit("analyzer", ev.analyzer),
+            )] += 1
+        if ev.cache_prefix is not None:
+            c["prefixes"][(v, caps.admit("prefix", ev.cache_prefix))] += 1
+        c["user"][(v, r)] += 1
+        status = ev.status
+        c["statuses"][(v, r, status)] += 1
+        if status >= 500:
+            c["errors"][(v, r)] += 1
+            c["classes"][(v, status, ev.failure_phase or "none")] += 1
+        if ev.cache_hit is not None:
+            c["cache"][(v, "n")] += 1
+            if ev.cache_hit:
+                c["cache"][(v, "hit")] += 1
+        key = (v, r, ev.cold_start)
+        buf = self._pending.get(key)
+        if buf is None:
+            buf = self._pending[key] = ([], [], [])
+        buf[0].append(ev.tffb)
+        buf[1].append(ev.tusable)
+        buf[2].append(ev.tfinal)
+
+    def count(self, family: str, key: Hashable) -> int:
+        """One counter value (0 when absent)."""
+        return self.c[family].get(key, 0)
+
+    def flush(self) -> None:
+        """Move buffered latencies into the sketches (one numpy pass per key and phase)."""
+        for key, buf in self._pending.items():
+            sketches = self.latency.get(key)
+            if sketches is None:
+                sketches = self.latency[key] = [Sketch(self.accuracy) for _ in PHASES]
+            for sketch, values in zip(sketches, buf, strict=True):
+                sketch.add_many(values)
+        self._pending.clear()
+
+    def merge(self, other: WindowStats | ClosedWindow) -> None:
+        """Add another window's statistics to these."""
+        for family, counter in other.c.items():
+            self.c[family].update(counter)
+        for key, theirs in other.latency.items():
+            sketches: list[Sketch] | list[CompactSketch] = theirs
+            mine = self.latency.get(key)
+            if mine is None:
+                mine = self.latency[key] = [Sketch(self.accuracy) for _ in PHASES]
+            for a, b in zip(mine, sketches, strict=True):
+                a.merge(b)  # type: ignore[arg-type]  # mypy widens the list union to object
+
+    def subtract(self, other: WindowStats | ClosedWindow) -> None:
+        """Remove a window previously merged in (keeps counters free of zero entries)."""
+        for family, counter in other.c.items():
+            mine = self.c[family]
+            for key, n in counter.items():
+                left = mine[key] - n
+                if left:
+                    mine[key] = left
+                else:
+                    del mine[key]
+        for key, sketches in other.latency.items():
+            mine_sk = self.latency[key]
+            for a, b in zip(mine_sk, sketches, strict=True):
+                a.subtract(b)  # type: ignore[arg-type]  # as in merge
+            if mine_sk[0].count == 0:
+                del self.latency[key]
+
+    def close(self) -> ClosedWindow:
+        """Freeze this window compactly for the horizon's history."""
+        self.flush()
+        return ClosedWindow(
+            {f: c for f, c in self.c.items() if c},
+            {k: [s.compact() for s in sk] for k, sk in self.latency.items()},
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain-data view of the counters (for tests and debugging)."""
+        self.flush()
+        return {f: dict(c) for f, c in self.c.items() if c}
+
+    # Latency helpers over the (possibly merged) sketches.
+    def sketch(self, variant: str, region: str | None, cold: bool, phase: str) -> Sketch:
+        """Merged sketch of one phase for a variant, in one region or all (None)."""
+        out = Sketch(self.accuracy)
+        i = PHASE_INDEX[phase]
+        for (v, r, cold_start), sketches in self.latency.items():
+            if v == variant and cold_start == cold and (region is None or r == region):
+                out.merge(sketches[i])
+        return out
+
+
+class ClosedWindow:
+    """A closed window as the horizon keeps it: non-empty counters and compact sketches."""
+
+    __slots__ = ("c", "latency")
+
+    def __init__(self, c: dict[str, Counter[Any]], latency: dict[LatencyKey, list[CompactSketch]]):
+        self.c = c
+        self.latency = latency

@@ -1,0 +1,80 @@
+"""Shared test helpers: event factories and configs."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline import config as config_mod  # noqa: E402
+from pipeline.model import Event  # noqa: E402
+
+BASE_TS = 1_756_274_400.0  # 2025-08-27T06:00:00Z
+
+BASE_TOML = """
+[rollout]
+name = "chat-rag-v2"
+control = "control"
+canary = "canary-v2"
+stage = "50%"
+
+[variants.control]
+index_hash = "0x9a76"
+metric = "cosine"
+analyzer = "bilstem"
+cache_prefix = "v1:"
+
+[variants.canary-v2]
+index_hash = "0x9a77"
+metric = "cosine"
+analyzer = "bilstem"
+cache_prefix = "v2-cnr:"
+
+[windows]
+size_s = 60
+horizon_s = 600
+allowed_lateness_s = 30
+
+[promotion]
+sustain_s = 300
+"""
+
+
+def make_config(extra: str = "", stage: str | None = None) -> config_mod.Config:
+    """The base test config, with extra TOML appended (e.g. a [thresholds] table)."""
+    cfg = config_mod.parse(BASE_TOML + extra)
+    return cfg.with_stage(stage) if stage else cfg
+
+
+def make_event(**kw: Any) -> Event:
+    """A healthy warm control user request; override any field."""
+    variant = kw.get("variant", "control")
+    canary = variant == "canary-v2"
+    ev = Event(
+        ts=BASE_TS, route="chat.rag.answer", variant=variant, sticky="s-1", region="us-east",
+        cold_start=False, x_warm=False, request_id=None, tffb=150.0, tusable=400.0, tfinal=1300.0,
+        status=200, failure_phase=None, has_retrieval=True,
+        index_hash="0x9a77" if canary else "0x9a76", metric="cosine", analyzer="bilstem",
+        delta_s=None, coverage=None, lambda_state=-1, probe_question=None, probe_topic=None,
+        probe_paraphrase=0, probe_seed=0, cache_prefix="v2-cnr:" if canary else "v1:", cache_hit=True,
+    )
+    return replace(ev, **kw)
+
+
+def make_probe(**kw: Any) -> Event:
+    """A healthy probe event (ΔS 0.3, coverage 0.8, λ →) of the canary by default."""
+    base: dict[str, Any] = dict(variant="canary-v2", probe_question="q1", probe_topic="billing",
+                                delta_s=0.3, coverage=0.8, lambda_state=0)
+    base.update(kw)
+    return make_event(**base)
+
+
+@pytest.fixture
+def cfg() -> config_mod.Config:
+    return make_config()

@@ -1,0 +1,117 @@
+"""The canary-gate command line: exit codes, one-line errors, files in and out."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import BASE_TOML, ROOT
+
+from pipeline import scenarios
+from pipeline.cli import main
+
+
+def _cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, input=stdin,
+                          capture_output=True, timeout=300, check=False)
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    p = tmp_path / "rollout.toml"
+    p.write_text(BASE_TOML)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [("[thresholds]\nbogus = 1\n", "thresholds.bogus"),
+     ("[thresholds]\ncoverage_min = \"x\"\n", "thresholds.coverage_min")],
+)
+def test_bad_config_exits_2_with_one_line_naming_the_key(tmp_path: Path, extra: str, key: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(BASE_TOML + extra)
+    for argv in (["check-config", "--config", str(cfg)],
+                 ["run", "--config", str(cfg), "--source", "-"]):
+        res = _cli(*argv, stdin=b"")
+        assert res.returncode == 2
+        err = res.stderr.decode().strip()
+        assert len(err.splitlines()) == 1 and key in err and "Traceback" not in err
+
+
+def test_bad_stage_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(BASE_TOML.replace('stage = "50%"', 'stage = "3%"'))
+    res = _cli("check-config", "--config", str(cfg))
+    assert res.returncode == 2 and b"rollout.stage" in res.stderr
+
+
+def test_bad_usage_exits_2_in_one_line(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--config", str(config_file)]) == 2
+    assert main(["run", "--config", str(config_file), "--source", "/nope.jsonl"]) == 2
+    assert main(["frobnicate"]) == 2
+    errs = capsys.readouterr().err.strip().splitlines()
+    assert len(errs) == 3 and all(e.startswith("canary-gate: error:") for e in errs)
+
+
+def test_check_config_prints_effective_settings(config_file: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(config_file)]) == 0
+    eff = json.loads(capsys.readouterr().out)
+    assert eff["thresholds"]["latency_ratio_max"] == 1.25
+    assert eff["rollout"]["stage"] == "50%"
+
+
+def test_generate_then_run_gz_file_end_to_end(tmp_path: Path) -> None:
+    stream, cfg = tmp_path / "s.jsonl.gz", tmp_path / "s.toml"
+    res = _cli("generate", "--scenario", "schema_violations", "--seed", "2", "--minutes", "15",
+               "--out", str(stream), "--config-out", str(cfg))
+    assert res.returncode == 0, res.stderr
+    verdicts = tmp_path / "run.verdicts.jsonl"
+    res = _cli("run", "--config", str(cfg), "--source", str(stream), "--verdicts", str(verdicts))
+    assert res.returncode == 0, res.stderr
+    records = [json.loads(line) for line in verdicts.read_text().splitlines()]
+    assert len(records) == 15
+    assert records[-1]["decision"] == "stop"
+    assert records[-1]["id"] == "chat-rag-v2/2025-08-27T06:15:00Z"
+    dead = [json.loads(line) for line in (tmp_path / "run.dead-letters.jsonl").read_text().splitlines()]
+    assert dead and {d["reason"] for d in dead} <= {"invalid_json", "schema"}
+    with gzip.open(stream) as f:
+        lines = f.read().splitlines()
+    for d in dead:
+        assert lines[int(d["source"].rsplit(":", 1)[1]) - 1].decode() == d["line"]
+    summary = res.stderr.decode().strip().splitlines()
+    assert len(summary) == 1 and "15 verdicts" in summary[0] and "dead letters" in summary[0]
+
+
+def test_stdin_to_stdout(config_file: Path) -> None:
+    data = b"\n".join(scenarios.generate("healthy", 1, 3)) + b"\nnot json\n"
+    res = _cli("run", "--config", str(config_file), "--source", "-", "--dead-letters",
+               str(config_file.parent / "d.jsonl"), stdin=data)
+    assert res.returncode == 0, res.stderr
+    records = [json.loads(line) for line in res.stdout.decode().splitlines()]
+    assert [r["window_end"][-9:] for r in records] == ["06:01:00Z", "06:02:00Z", "06:03:00Z"]
+    dead = json.loads((config_file.parent / "d.jsonl").read_text())
+    assert dead["reason"] == "invalid_json" and dead["line"] == "not json"
+
+
+def test_replay_writes_one_verdict_file_per_archive(tmp_path: Path, config_file: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_bytes(b"\n".join(scenarios.generate("healthy", 3, 2)) + b"\n")
+    res = _cli("replay", "--config", str(config_file), str(tmp_path / "a.jsonl"),
+               str(tmp_path / "b.jsonl"), "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr
+    a = (tmp_path / "out" / "a.verdicts.jsonl").read_text()
+    assert a and a == (tmp_path / "out" / "b.verdicts.jsonl").read_text()
+
+
+def test_bundled_example_is_consistent() -> None:
+    cfg = ROOT / "examples" / "rollout.toml"
+    assert main(["check-config", "--config", str(cfg)]) == 0
+    with gzip.open(ROOT / "examples" / "telemetry.jsonl.gz") as f:
+        first = json.loads(f.readline())
+    assert first["variant"] in ("control", "canary-v2")

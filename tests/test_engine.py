@@ -1,0 +1,206 @@
+"""The stream-wide clock, window closing, dead letters, de-duplication and state recovery."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import replace
+
+from conftest import BASE_TS, make_config, make_event, make_probe
+
+from pipeline.engine import Engine, Report, StickyTracker
+from pipeline.model import DeadLetter, DeadLetterReason, Decision, DecodeError, format_time
+
+
+def _reports(outs: list) -> list[Report]:
+    return [o for o in outs if isinstance(o, Report)]
+
+
+def _dead(outs: list) -> list[DeadLetter]:
+    return [o for o in outs if isinstance(o, DeadLetter)]
+
+
+def test_window_closes_when_watermark_reaches_its_end() -> None:
+    eng = Engine(make_config())  # 60 s windows, 30 s lateness
+    assert eng.feed([make_event(ts=BASE_TS + 10)]) == []
+    # watermark = 89.999 - 30 < 60: window [0, 60) stays open
+    assert _reports(eng.feed([make_event(ts=BASE_TS + 89.999)])) == []
+    out = _reports(eng.feed([make_event(ts=BASE_TS + 90)]))
+    assert [r.verdict.window_end for r in out] == [BASE_TS + 60]
+    assert out[0].verdict.id == "chat-rag-v2/" + format_time(BASE_TS + 60)
+    assert out[0].verdict.id == "chat-rag-v2/2025-08-27T06:01:00Z"
+
+
+def test_late_event_is_dead_lettered_and_counted() -> None:
+    eng = Engine(make_config())
+    eng.feed([make_event(ts=BASE_TS + 5), make_event(ts=BASE_TS + 95)])
+    out = eng.feed([make_event(ts=BASE_TS + 59, raw=b'{"late":1}')])
+    dead = _dead(out)
+    assert [d.reason for d in dead] == [DeadLetterReason.LATE]
+    assert dead[0].raw == b'{"late":1}'
+    assert eng.totals["dead_late"] == 1
+
+
+def test_event_within_lateness_is_accepted_even_before_the_first_window() -> None:
+    eng = Engine(make_config())
+    eng.feed([make_event(ts=BASE_TS + 65)])
+    out = eng.feed([make_event(ts=BASE_TS + 50)])  # window [0,60) never closed: wm = 35
+    assert _dead(out) == []
+    reports = _reports(eng.close())
+    assert [r.verdict.window_end for r in reports] == [BASE_TS + 60, BASE_TS + 120]
+
+
+def test_future_event_moves_no_clock() -> None:
+    eng = Engine(make_config())
+    eng.feed([make_event(ts=BASE_TS)])
+    out = eng.feed([make_event(ts=BASE_TS + 301 + 3600)])
+    assert [d.reason for d in _dead(out)] == [DeadLetterReason.FUTURE]
+    assert eng.max_seen == BASE_TS
+    # exactly max_future_s ahead is still accepted
+    assert _dead(eng.feed([make_event(ts=BASE_TS + 300)])) == []
+
+
+def test_every_window_gets_one_verdict_even_empty_ones() -> None:
+    eng = Engine(make_config())
+    # each step stays within max_future_s; windows 1-3 and 5-8 get no event
+    outs = eng.feed([make_event(ts=BASE_TS + t) for t in (1, 290, 580, 601)])
+    outs += eng.close()
+    ends = [r.verdict.window_end for r in _reports(outs)]
+    assert ends == [BASE_TS + 60 * (i + 1) for i in range(11)]
+    assert len(set(ends)) == len(ends)
+
+
+def test_close_without_events_emits_nothing() -> None:
+    assert Engine(make_config()).close() == []
+
+
+def test_duplicate_request_ids_count_once_per_window() -> None:
+    eng = Engine(make_config())
+    evs = [make_event(ts=BASE_TS + 1, request_id="r1"), make_event(ts=BASE_TS + 2, request_id="r1"),
+           make_event(ts=BASE_TS + 3, request_id="r2"), make_event(ts=BASE_TS + 61, request_id="r1")]
+    eng.feed(evs)
+    reports = _reports(eng.close())
+    first = reports[0].window
+    assert first is not None
+    assert first.c["user"][("control", "us-east")] == 2
+    assert first.c["duplicates"]["control"] == 1
+    assert eng.totals["duplicates"] == 1
+
+
+def test_dedupe_bound_stops_removing_duplicates_and_counts_it() -> None:
+    eng = Engine(make_config("[limits]\ndedupe_max_ids = 2\n"))
+    eng.feed([make_event(ts=BASE_TS + i, request_id=f"r{i % 3}") for i in range(6)])
+    assert eng.totals["dedupe_overflow"] >= 1
+
+
+def test_watermark_is_minimum_over_partitions_and_ended_partitions_release_it() -> None:
+    eng = Engine(make_config(), partitions=("a", "b"))
+    assert _reports(eng.feed([make_event(ts=BASE_TS + 200)], partition="a")) == []  # b has sent nothing
+    assert _reports(eng.feed([make_event(ts=BASE_TS + 10)], partition="b")) == []   # wm = -20
+    out = _reports(eng.feed([make_event(ts=BASE_TS + 100)], partition="b"))        # wm = 70
+    assert [r.verdict.window_end for r in out] == [BASE_TS + 60]
+    out = _reports(eng.end_partition("b"))                                            # wm = 170
+    assert [r.verdict.window_end for r in out] == [BASE_TS + 120]
+
+
+def test_decode_errors_are_attributed_to_the_canary_and_stop_at_shadow() -> None:
+    eng = Engine(make_config(stage="shadow"))
+    bad = DecodeError(b'{"variant":"canary-v2","status":"x"}', DeadLetterReason.SCHEMA,
+                      "Expected int - at `$.status`", "canary-v2")
+    outs = eng.feed([bad, make_event(ts=BASE_TS + 1, variant="canary-v2")])
+    outs += eng.close()
+    assert [d.variant for d in _dead(outs)] == ["canary-v2"]
+    verdict = _reports(outs)[-1].verdict
+    row = next(r for r in verdict.gates if r.gate == "schema_violations")
+    assert row.status == "fail" and row.hard_stop and row.observed == 1
+    assert verdict.decision is Decision.STOP
+
+
+def _healthy_minute(minute: int) -> list:
+    evs = []
+    for i in range(60):
+        ts = BASE_TS + minute * 60 + i
+        for variant in ("control", "canary-v2"):
+            evs.append(make_event(ts=ts, variant=variant, sticky=f"{variant}-{i}"))
+        evs.append(make_probe(ts=ts, probe_question=f"q{i % 5}", probe_paraphrase=i % 3))
+        evs.append(make_probe(ts=ts, variant="control", probe_question=f"q{i % 5}",
+                              probe_paraphrase=i % 3))
+    return evs
+
+
+def test_promotion_needs_the_sustain_period_and_a_stage_change_resets_it() -> None:
+    eng = Engine(make_config())  # sustain 300 s
+    outs = []
+    for minute in range(10):
+        outs += eng.feed(_healthy_minute(minute))
+    outs += eng.close()
+    decisions = [r.verdict.decision for r in _reports(outs)]
+    # windows ending at 1..10 min; the clean run starts with the first window
+    assert decisions[:4] == [Decision.HOLD] * 4
+    assert decisions[4:] == [Decision.PROMOTE] * 6
+    eng2 = Engine(make_config())
+    outs = []
+    for minute in range(10):
+        if minute == 6:
+            eng2.set_stage("100%")
+        outs += eng2.feed(_healthy_minute(minute))
+    decisions = [r.verdict.decision for r in _reports(outs)]
+    assert Decision.PROMOTE in decisions[:5]
+    assert decisions[5] is Decision.HOLD  # first window judged at the new stage
+
+
+def test_engine_state_pickles_and_resumes_identically() -> None:
+    evs = [e for m in range(8) for e in _healthy_minute(m)]
+    half = len(evs) // 2
+    a = Engine(make_config())
+    out_a = a.feed(evs[:half])
+    b: Engine = pickle.loads(pickle.dumps(a))
+    out_a += a.feed(evs[half:]) + a.close()
+    out_b = b.feed(evs[half:]) + b.close()
+    assert _reports(out_b)
+    tail_a = [r.verdict.to_record() for r in _reports(out_a)][-len(_reports(out_b)):]
+    assert [r.verdict.to_record() for r in _reports(out_b)] == tail_a
+
+
+def test_x_warm_pings_are_counted_but_feed_no_latency() -> None:
+    eng = Engine(make_config())
+    eng.feed([make_event(ts=BASE_TS + 1, x_warm=True, tfinal=99_999.0),
+              make_event(ts=BASE_TS + 2, tfinal=1000.0)])
+    window = _reports(eng.close())[0].window
+    assert window is not None
+    assert window.c["x_warm"][("control", "us-east")] == 1
+    assert window.c["user"][("control", "us-east")] == 1
+    assert sum(s[2].count for s in window.latency.values()) == 1
+
+
+def test_label_values_are_capped() -> None:
+    eng = Engine(make_config("[limits]\nmax_label_values = 4\n"))
+    eng.feed([make_event(ts=BASE_TS + 1, region=f"r{i}") for i in range(50)])
+    window = _reports(eng.close())[0].window
+    assert window is not None
+    regions = {r for (_, r) in window.c["user"]}
+    assert len(regions) == 5 and "other" in regions
+
+
+def test_sticky_tracker_bound_and_overlap() -> None:
+    t = StickyTracker(("control", "canary-v2"), cap=3)
+    for i in range(5):
+        t.see("control", f"k{i}", 10)
+    assert t.untracked == 2
+    t.see("canary-v2", "k1", 12)
+    t.see("canary-v2", "k2", 13)  # window 13 is still open: not in any judged horizon yet
+    t.close(10)
+    t.close(12)
+    assert t.both(5) == ["k1"]
+    assert t.both(11) == []  # the control saw k1 only in window 10
+    t.evict(11)
+    assert t.last["control"] == {}
+    t.close(13)
+    assert t.last["canary-v2"] == {"k1": 12, "k2": 13}
+
+
+def test_report_carries_horizon_quantiles() -> None:
+    eng = Engine(make_config())
+    eng.feed([replace(make_event(ts=BASE_TS + i), tfinal=1000.0 + i) for i in range(50)])
+    report = _reports(eng.close())[0]
+    q = report.quantiles[("control", "us-east", "warm", "tfinal", 0.5)]
+    assert abs(q - 1024.5) <= 0.01 * 1024.5
