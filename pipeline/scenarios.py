@@ -35,7 +35,8 @@ Traffic model (healthy baseline)
   both spellings of one key in one event.
 - Events are delivered in event-time order except in `out_of_order`.
 
-Volume is about 780 events a minute (11,700 for 15 minutes).
+Volume is about 770 events a minute (11,500 for 15 minutes; `low_traffic`
+about 520).
 
 Randomness comes from `random.Random` instances seeded with strings derived
 from the seed and the stream (string seeds hash with SHA-512, so they do not
@@ -107,7 +108,7 @@ _LAMBDA_WORDS: Mapping[str, str] = {
     "×": "chaotic",
 }
 
-Json = dict[str, object]
+_Json = dict[str, object]
 # (event time ms, stream number, sequence within stream, payload); the first
 # three make the order total, so the payload is never compared.
 _Item = tuple[int, int, int, bytes]
@@ -250,7 +251,7 @@ _CATALOGUE: tuple[tuple[Scenario, _Faults], ...] = (
     (
         Scenario(
             "schema_violations",
-            "about 1% of canary events are truncated JSON or break the schema",
+            "about 1% of canary user requests are truncated JSON or break the schema",
             "stop",
             frozenset({"schema_violations"}),
             15,
@@ -354,7 +355,7 @@ def _clip01(x: float) -> float:
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 
 
-def _dumps(event: Json) -> bytes:
+def _dumps(event: _Json) -> bytes:
     return _ENCODER.encode(event).encode("utf-8")
 
 
@@ -368,7 +369,7 @@ def _retrieval(
     state: str,
     ascii_keys: bool,
     lambda_word: bool,
-) -> Json:
+) -> _Json:
     lam = _LAMBDA_WORDS[state] if lambda_word else state
     if ascii_keys:
         return {
@@ -405,7 +406,7 @@ def _warm_latency(rng: random.Random) -> tuple[float, float, float]:
     return tffb, tusable, tfinal
 
 
-def _latency_block(tffb: float, tusable: float, tfinal: float) -> Json:
+def _latency_block(tffb: float, tusable: float, tfinal: float) -> _Json:
     return {"tffb": round(tffb, 1), "tusable": round(tusable, 1), "tfinal": round(tfinal, 1)}
 
 
@@ -425,7 +426,7 @@ class _World:
         return "/".join((str(self._seed), *parts))
 
     def _ts(self, ms: int) -> str:
-        # strftime dominates otherwise; a second's text is reused by ~17 events.
+        # strftime would dominate the cost; every event of a second shares its text.
         second, milli = divmod(ms + self._base_ms, 1000)
         text = self._second_texts.get(second)
         if text is None:
@@ -519,6 +520,7 @@ class _World:
             after_onset = ts_ms >= _ONSET_MS
             if after_onset and not cold:
                 tfinal *= tfinal_factor
+                # A slower body drags first usable content along, but less.
                 tusable *= 1.0 + (tfinal_factor - 1.0) / 2.0
             status, phase = 200, None
             if failed:
@@ -532,7 +534,7 @@ class _World:
                 tffb, tusable, tfinal = tffb * mult, tusable * mult, tfinal * mult
 
             request_id = f"{variant}-{region}-{n:07d}"
-            event: Json = {
+            event: _Json = {
                 "ts": self._ts(ts_ms),
                 "route": route,
                 "variant": variant,
@@ -607,7 +609,7 @@ class _World:
             if is_canary:
                 analyzer = faults.analyzer_by_region.get(region, analyzer)
 
-            event: Json = {
+            event: _Json = {
                 "ts": self._ts(ts_ms),
                 "route": _ANSWER,
                 "variant": variant,
@@ -647,7 +649,7 @@ class _World:
             ts_ms = phase_ms + n * _PING_PERIOD_MS + rng.randrange(2000)
             tffb = rng.lognormvariate(math.log(15.0), 0.3) * factor
             tfinal = tffb + rng.lognormvariate(math.log(10.0), 0.3) * factor
-            event: Json = {
+            event: _Json = {
                 "ts": self._ts(ts_ms),
                 "route": _ANSWER,
                 "variant": variant,
@@ -663,7 +665,7 @@ class _World:
             yield (ts_ms, stream, n, _dumps(event))
 
 
-def _violate(event: Json, rng: random.Random) -> bytes:
+def _violate(event: _Json, rng: random.Random) -> bytes:
     """Break one event the way a buggy emitter would, keeping `variant` readable where JSON survives."""
     kind = rng.randrange(4)
     if kind == 0:

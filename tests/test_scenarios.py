@@ -459,8 +459,8 @@ def test_cold_start_regression_only_slows_cold_requests_and_pings() -> None:
     events = valid_events("cold_start_regression")
 
     def median_tfinal(variant: str, key: str) -> float:
-        return statistics.median(ev["latency_ms"]["tfinal"] for ev in events
-                                 if ev["variant"] == variant and ev.get(key))
+        return float(statistics.median(ev["latency_ms"]["tfinal"] for ev in events
+                                       if ev["variant"] == variant and ev.get(key)))
 
     assert median_tfinal(CANARY, "cold_start") > 2.5 * median_tfinal(CONTROL, "cold_start")
     assert median_tfinal(CANARY, "x_warm") > 8 * median_tfinal(CONTROL, "x_warm")
