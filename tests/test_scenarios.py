@@ -1,7 +1,7 @@
 """Tests for pipeline.scenarios: determinism, event validity, and that each
 scenario carries the evidence its expected verdict rests on.
 
-The evidence check (`_judge`) is a deliberately naive reading of SPEC §3 over
+The evidence check (`judge_naively`) is a deliberately naive reading of SPEC §3 over
 raw events of one horizon: exact quantiles, no windows, no lateness. It
 checks the generator, not the engine.
 """
@@ -59,12 +59,9 @@ ALSO_NOT_PASSING: dict[str, dict[str, str]] = {
 
 
 @cache
-def stream(name: str, seed: int, minutes: int) -> tuple[bytes, ...]:
-    return tuple(generate(name, seed, minutes))
-
-
 def full(name: str) -> tuple[bytes, ...]:
-    return stream(name, SEED, SCENARIOS[name].min_minutes)
+    """The scenario at its shortest promised length, generated once per session."""
+    return tuple(generate(name, SEED, SCENARIOS[name].min_minutes))
 
 
 def check(line: bytes) -> tuple[str | None, dict[str, Any] | None]:
@@ -152,7 +149,7 @@ def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20, method="inclusive")[-1]
 
 
-def _judge(events: list[dict[str, Any]], broken_canary: int) -> dict[str, str]:
+def judge_naively(events: list[dict[str, Any]], broken_canary: int) -> dict[str, str]:
     """Status per gate over one horizon, read naively from SPEC §3 at stage 50%."""
     seen: set[str] = set()
     user: list[dict[str, Any]] = []
@@ -428,7 +425,7 @@ def test_last_horizon_carries_the_expected_evidence(name: str) -> None:
     sc = SCENARIOS[name]
     end = DEFAULT_START + timedelta(minutes=sc.min_minutes)
     broken = problems(name).total()
-    status = _judge(horizon(name, end), broken)
+    status = judge_naively(horizon(name, end), broken)
     lambda_stop = status.pop("_lambda_stop")
     not_passing = {g: s for g, s in status.items() if s not in ("pass", "warn")}
 
@@ -440,7 +437,7 @@ def test_last_horizon_carries_the_expected_evidence(name: str) -> None:
     if sc.expected_decision == "promote":
         # Promotion needs every verdict of the sustain span clean too.
         for back in range(1, int(SUSTAIN / timedelta(minutes=1)) + 1):
-            earlier = _judge(horizon(name, end - timedelta(minutes=back)), broken)
+            earlier = judge_naively(horizon(name, end - timedelta(minutes=back)), broken)
             earlier.pop("_lambda_stop")
             assert all(s == "pass" for s in earlier.values()), (back, earlier)
 

@@ -240,7 +240,7 @@ EDGE_VALUES: list[Any] = [
     None, True, False, 0, 1, -1, 99, 100, 599, 600, 2.0, 200.0, 200.5, -0.0, 0.5, 1.0,
     1.0000001, -1e-300, 5e-324, MAX_FLOAT, 10**400, -(10**400), 2**64, 2**63, -(2**63) - 1,
     "", "x", "200", "true", "null", "headers", "body", "trailers", "HEADERS",
-    *LAMBDA_WORDS, "Convergent", "->", "", [], {}, [1], {"a": 1},
+    *LAMBDA_WORDS, "Convergent", "->", [], {}, [1], {"a": 1},
     "2025-08-27T06:30:00Z", *BAD_TIMESTAMPS,
 ]
 
@@ -375,6 +375,19 @@ def test_bad_timestamps_fail_both(ts: str) -> None:
     assert not schema_accepts(raw)
     out = decode(raw)
     assert isinstance(out, DecodeError) and out.reason is DeadLetterReason.SCHEMA
+
+
+def test_playbook_example_is_valid_for_both() -> None:
+    playbook_event = _example(
+        edge_pop="iad",
+        retrieval={"k": 10, "metric": "cosine", "analyzer": "bilstem", "INDEX_HASH": "0x9a77",
+                   "ΔS_q_r": 0.34, "coverage": 0.76, "λ_state": "<>"},
+        cache={"prefix": "v2-cnr:", "hit": True},
+        egress={"webhook": "billing", "tries": 1, "dedupe_key": "sha256(...)"},
+    )
+    raw = encode(playbook_event)
+    assert schema_accepts(raw)
+    assert isinstance(decode(raw), Event)
 
 
 @settings(PROPERTY, max_examples=300)
