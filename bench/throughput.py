@@ -24,20 +24,23 @@ from pipeline.codec import decode_batch  # noqa: E402
 from pipeline.engine import Engine  # noqa: E402
 
 DATA = ROOT / "bench" / "data"
+# Production-like load: ~300 user requests/s per variant and region, so a
+# 60 s window holds ~100k events and per-window costs weigh as they would live.
+SCALE = 100.0
 
 
 def _stream(scenario: str, events: int) -> tuple[Path, Path]:
     DATA.mkdir(parents=True, exist_ok=True)
-    path = DATA / f"{scenario}-{events}.jsonl"
+    path = DATA / f"{scenario}-{events}-x{SCALE:g}.jsonl"
     cfg = DATA / f"{scenario}.toml"
     cfg.write_text(scenarios.scenario_config(scenario))
     if not path.exists():
-        probe = sum(1 for _ in scenarios.generate(scenario, 1, 10))
-        minutes = max(1, int(events / (probe / 10)) + 1)
+        per_minute = sum(1 for _ in scenarios.generate(scenario, 1, 2, traffic_scale=SCALE)) / 2
+        minutes = max(1, int(events / per_minute) + 1)
         print(f"generating {events:,} events of {scenario} ({minutes} min of traffic)...", flush=True)
         n = 0
         with open(path.with_suffix(".tmp"), "wb") as f:
-            for line in scenarios.generate(scenario, 1, minutes):
+            for line in scenarios.generate(scenario, 1, minutes, traffic_scale=SCALE):
                 f.write(line + b"\n")
                 n += 1
                 if n >= events:

@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                      metavar="NAME", help="one of: " + ", ".join(sorted(scenarios.SCENARIOS)))
     gen.add_argument("--seed", type=int, default=1)
     gen.add_argument("--minutes", type=int, default=20)
+    gen.add_argument("--traffic-scale", type=float, default=1.0,
+                     help="multiply user request rates (e.g. 100 for a load test)")
     gen.add_argument("--out", required=True, help="JSONL path (.gz compresses) or '-' for stdout")
     gen.add_argument("--config-out", help="also write the rollout config the scenario is judged under")
 
@@ -246,6 +248,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Write a scenario as JSONL (and optionally the config it is judged under)."""
     if args.minutes < 1:
         raise UsageError(f"--minutes must be >= 1, got {args.minutes}")
+    if not args.traffic_scale > 0:
+        raise UsageError(f"--traffic-scale must be > 0, got {args.traffic_scale}")
     if args.out.startswith("kafka://"):
         raise UsageError("--out kafka://... is not available in this build; use a path or '-'")
     if args.config_out:
@@ -256,7 +260,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     n = 0
     try:
         minute_marks = 0
-        for line in scenarios.generate(args.scenario, args.seed, args.minutes):
+        for line in scenarios.generate(args.scenario, args.seed, args.minutes,
+                                       traffic_scale=args.traffic_scale):
             out.write(line + b"\n")
             n += 1
             if progress is not None and n % 5000 == 0:

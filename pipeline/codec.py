@@ -36,13 +36,13 @@ _RFC3339 = re.compile(
 )
 
 
-class _Latency(Struct):
+class _Latency(Struct, gc=False):
     tffb: NonNegative
     tusable: NonNegative
     tfinal: NonNegative
 
 
-class _Retrieval(Struct):
+class _Retrieval(Struct, gc=False):
     k: Integer | UnsetType = UNSET
     metric: str | UnsetType = UNSET
     analyzer: str | UnsetType = UNSET
@@ -55,25 +55,25 @@ class _Retrieval(Struct):
     lambda_state: LambdaWord | UnsetType = UNSET
 
 
-class _Probe(Struct):
+class _Probe(Struct, gc=False):
     question_id: str
     topic: str
     paraphrase: Integer
     seed: Integer
 
 
-class _Cache(Struct):
+class _Cache(Struct, gc=False):
     prefix: str
     hit: bool
 
 
-class _Egress(Struct):
+class _Egress(Struct, gc=False):
     webhook: str | UnsetType = UNSET
     tries: Integer | UnsetType = UNSET
     dedupe_key: str | UnsetType = UNSET
 
 
-class _Telemetry(Struct):
+class _Telemetry(Struct, gc=False):
     ts: str
     route: Label
     variant: Label
@@ -133,74 +133,70 @@ def _one_of(canonical: object, alias: object, path: str, alias_name: str) -> obj
     return canonical
 
 
-def _to_event(t: _Telemetry) -> Event:
+def _to_event(t: _Telemetry, raw: bytes) -> Event:
     try:
         ts = parse_ts(t.ts)
     except ValueError as exc:
         raise SchemaViolation("$.ts", str(exc)) from None
-    status = _integer(t.status, "$.status")
+    status = t.status
+    if type(status) is not int:
+        status = _integer(status, "$.status")
     if not 100 <= status <= 599:
         raise SchemaViolation("$.status", f"Expected `int` in 100..599, got {status}")
 
-    index_hash = metric = analyzer = None
-    delta_s = coverage = None
-    lam = -1
     r = t.retrieval
-    has_retrieval = r is not UNSET
-    if r is not UNSET:
-        if r.k is not UNSET:
+    if r is UNSET:
+        has_retrieval = False
+        index_hash = metric = analyzer = None
+        delta_s = coverage = None
+        lam = -1
+    else:
+        has_retrieval = True
+        if r.k is not UNSET and type(r.k) is not int:
             _integer(r.k, "$.retrieval.k")
-        ih = _one_of(r.INDEX_HASH, r.index_hash, "$.retrieval.index_hash", "index_hash")
-        ds = _one_of(r.delta_s, r.delta_s_q_r, "$.retrieval.delta_s_q_r", "delta_s_q_r")
-        ls = _one_of(r.lam, r.lambda_state, "$.retrieval.lambda_state", "lambda_state")
+        ih = r.INDEX_HASH
+        ds = r.delta_s
+        ls = r.lam
+        if r.index_hash is not UNSET or r.delta_s_q_r is not UNSET or r.lambda_state is not UNSET:
+            ih = _one_of(ih, r.index_hash, "$.retrieval.index_hash", "index_hash")  # type: ignore[assignment]
+            ds = _one_of(ds, r.delta_s_q_r, "$.retrieval.delta_s_q_r", "delta_s_q_r")  # type: ignore[assignment]
+            ls = _one_of(ls, r.lambda_state, "$.retrieval.lambda_state", "lambda_state")  # type: ignore[assignment]
         index_hash = None if ih is UNSET else ih
         metric = None if r.metric is UNSET else r.metric
         analyzer = None if r.analyzer is UNSET else r.analyzer
         delta_s = None if ds is UNSET else ds
         coverage = None if r.coverage is UNSET else r.coverage
-        lam = -1 if ls is UNSET else _LAMBDA_INDEX[ls]  # type: ignore[index]
+        lam = -1 if ls is UNSET else _LAMBDA_INDEX[ls]
 
-    question = topic = None
-    paraphrase = seed = 0
     p = t.probe
-    if p is not UNSET:
+    if p is UNSET:
+        question = topic = None
+        paraphrase = seed = 0
+    else:
         question, topic = p.question_id, p.topic
-        paraphrase = _integer(p.paraphrase, "$.probe.paraphrase")
-        seed = _integer(p.seed, "$.probe.seed")
+        paraphrase = (p.paraphrase if type(p.paraphrase) is int
+                      else _integer(p.paraphrase, "$.probe.paraphrase"))
+        seed = p.seed if type(p.seed) is int else _integer(p.seed, "$.probe.seed")
 
     e = t.egress
-    if e is not UNSET and e.tries is not UNSET:
+    if e is not UNSET and e.tries is not UNSET and type(e.tries) is not int:
         _integer(e.tries, "$.egress.tries")
 
     c = t.cache
     lat = t.latency_ms
+    rid = t.request_id
+    phase = t.failure_phase
+    # Positional: this runs once per event and keyword passing costs a third more.
     return Event(
-        ts=ts,
-        route=t.route,
-        variant=t.variant,
-        sticky=t.sticky,
-        region=t.region,
-        cold_start=t.cold_start,
-        x_warm=t.x_warm,
-        request_id=None if t.request_id is UNSET else t.request_id,
-        tffb=lat.tffb,
-        tusable=lat.tusable,
-        tfinal=lat.tfinal,
-        status=status,
-        failure_phase=None if t.failure_phase is UNSET else t.failure_phase,
-        has_retrieval=has_retrieval,
-        index_hash=index_hash,  # type: ignore[arg-type]
-        metric=metric,
-        analyzer=analyzer,
-        delta_s=delta_s,  # type: ignore[arg-type]
-        coverage=coverage,
-        lambda_state=lam,
-        probe_question=question,
-        probe_topic=topic,
-        probe_paraphrase=paraphrase,
-        probe_seed=seed,
-        cache_prefix=None if c is UNSET else c.prefix,
-        cache_hit=None if c is UNSET else c.hit,
+        ts, t.route, t.variant, t.sticky, t.region, t.cold_start, t.x_warm,
+        None if rid is UNSET else rid,
+        lat.tffb, lat.tusable, lat.tfinal, status,
+        None if phase is UNSET else phase,
+        has_retrieval, index_hash, metric, analyzer, delta_s, coverage, lam,
+        question, topic, paraphrase, seed,
+        None if c is UNSET else c.prefix,
+        None if c is UNSET else c.hit,
+        raw,
     )
 
 
@@ -233,9 +229,7 @@ def decode(raw: bytes, max_bytes: int = 1_048_576) -> Event | DecodeError:
             _VARIANT_TEXT.search(raw[:65536]) and _readable_variant(raw[:65536]),
         )
     try:
-        event = _to_event(_decoder.decode(raw))
-        event.raw = raw
-        return event
+        return _to_event(_decoder.decode(raw), raw)
     except msgspec.ValidationError as exc:
         # msgspec stops at the first type error, before it has read the whole
         # message (`[1, 2` fails as "Expected `object`"): a schema matter only if it is JSON.

@@ -61,19 +61,26 @@ class StickyTracker:
 
     def see(self, variant: str, key: str, wid: int) -> None:
         """Note that `key` was routed to `variant` in (open) window `wid`."""
-        if variant not in self.last:
+        self.see_many(variant, [key], wid)
+
+    def see_many(self, variant: str, keys: list[str], wid: int) -> None:
+        """`see` for a batch of keys (set operations, no per-key Python call)."""
+        if not keys:
             return
         window = self.open.get(wid)
         if window is None:
             window = self.open[wid] = {}
-        keys = window.get(variant)
-        if keys is None:
-            keys = window[variant] = set()
-        if key not in keys:
-            if len(keys) >= self.cap:
-                self.untracked += 1
-            else:
-                keys.add(key)
+        seen = window.get(variant)
+        if seen is None:
+            seen = window[variant] = set()
+        room = self.cap - len(seen)
+        new = set(keys) - seen
+        if len(new) <= room:
+            seen |= new
+        else:
+            kept = sorted(new)[:room]  # deterministic choice of which keys stay tracked
+            seen.update(kept)
+            self.untracked += len(new) - len(kept)
 
     def close(self, wid: int) -> None:
         """Fold a closing window's keys into the horizon record."""
@@ -132,6 +139,7 @@ class Engine:
         self.watermark = -math.inf
         self.next_close: int | None = None
         self.open: dict[int, WindowStats] = {}
+        self.pending: dict[int, list[Event]] = {}  # accepted events not yet folded in
         self.ids: dict[int, set[str]] = {}
         self.history: deque[tuple[int, ClosedWindow]] = deque()
         self.horizon = WindowStats.new()
@@ -150,64 +158,92 @@ class Engine:
         """
         out: list[Output] = []
         size = self.size
+        lateness = self.lateness
+        max_future = self.max_future
         dedupe_cap = self.cfg.limits.dedupe_max_ids
+        pending = self.pending
+        part_max = self.part_max
+        ids_of = self.ids
         if partition not in self.partitions:
             self.partitions.add(partition)
+        alone = self.partitions - self.ended == {partition}
+        events_in = 0
         for i, item in enumerate(items):
-            source = locate(i) if locate is not None else None
-            if not isinstance(item, Event):
-                out.append(self._dead(item.raw, item.reason, item.detail, item.variant, source))
+            if type(item) is not Event:
+                out.append(self._dead(item.raw, item.reason, item.detail, item.variant,  # type: ignore[union-attr]
+                                      locate(i) if locate else None))
                 continue
+            events_in += 1
             ts = item.ts
-            self.totals["events_in"] += 1
-            if self.max_seen is not None and ts > self.max_seen + self.max_future:
+            top = self.max_seen
+            if top is not None and ts > top + max_future:
                 out.append(self._dead(
                     item.raw, DeadLetterReason.FUTURE,
-                    f"ts {ts:.3f} is more than {self.max_future} s ahead of the largest event time "
-                    f"seen ({self.max_seen:.3f})", item.variant, source))
+                    f"ts {ts:.3f} is more than {max_future} s ahead of the largest event time "
+                    f"seen ({top:.3f})", item.variant, locate(i) if locate else None))
                 continue
             wid = int(ts // size)
             if (wid + 1) * size <= self.watermark:
                 out.append(self._dead(
                     item.raw, DeadLetterReason.LATE,
                     f"window ending {(wid + 1) * size} already closed (watermark {self.watermark:.3f})",
-                    item.variant, source))
+                    item.variant, locate(i) if locate else None))
                 continue
-            window = self.open.get(wid)
-            if window is None:
-                window = self.open[wid] = WindowStats.new()
-                self.ids[wid] = set()
-                if self.pending_dead:
-                    window.c["dead"].update(self.pending_dead)
-                    self.pending_dead.clear()
-            if self.next_close is None or wid < self.next_close:
-                self.next_close = wid
+            batch = pending.get(wid)
+            if batch is None:
+                batch = self._open(wid)
             rid = item.request_id
             if rid is not None:
-                ids = self.ids[wid]
+                ids = ids_of[wid]
                 if rid in ids:
-                    window.c["duplicates"][self.caps.admit("variant", item.variant)] += 1
+                    self.open[wid].c["duplicates"][self.caps.admit("variant", item.variant)] += 1
                     self.totals["duplicates"] += 1
                     continue
                 if len(ids) < dedupe_cap:
                     ids.add(rid)
                 else:
                     self.totals["dedupe_overflow"] += 1
-            window.add(item, self.caps)
-            if not item.x_warm and item.probe_question is None:
-                self.sticky.see(item.variant, item.sticky, wid)
-            moved = False
-            prev = self.part_max.get(partition)
-            if prev is None or ts > prev:
-                self.part_max[partition] = ts
-                moved = True
-            if self.max_seen is None or ts > self.max_seen:
+            batch.append(item)
+            if top is None or ts > top:
                 self.max_seen = ts
-            if moved:
-                out.extend(self._advance())
-        for window in self.open.values():
-            window.flush()
+            prev = part_max.get(partition)
+            if prev is None or ts > prev:
+                part_max[partition] = ts
+                if not alone:
+                    out.extend(self._advance())
+                elif ts - lateness > self.watermark:
+                    # Inline of _advance for the common single-partition case.
+                    self.watermark = ts - lateness
+                    if (self.next_close + 1) * size <= self.watermark:  # type: ignore[operator]
+                        out.extend(self._close_due())
+        self.totals["events_in"] += events_in
+        self._fold_pending()
         return out
+
+    def _open(self, wid: int) -> list[Event]:
+        """Start window `wid` (events are buffered per window and folded in per batch)."""
+        window = self.open.get(wid)
+        if window is None:
+            window = self.open[wid] = WindowStats.new()
+            self.ids[wid] = set()
+            if self.pending_dead:
+                window.c["dead"].update(self.pending_dead)
+                self.pending_dead.clear()
+        if self.next_close is None or wid < self.next_close:
+            self.next_close = wid
+        batch: list[Event] = []
+        self.pending[wid] = batch
+        return batch
+
+    def _fold_pending(self, wid: int | None = None) -> None:
+        """Aggregate buffered events into their windows (all, or one about to close)."""
+        wids = list(self.pending) if wid is None else [wid] if wid in self.pending else []
+        for w in wids:
+            batch = self.pending.pop(w)
+            self.open[w].add_many(batch, self.caps)
+            for variant in self.sticky.last:
+                self.sticky.see_many(variant, [e.sticky for e in batch if e.variant == variant
+                                               and not e.x_warm and e.probe_question is None], w)
 
     def end_partition(self, partition: str) -> list[Output]:
         """A partition reached its end: it no longer holds the watermark back."""
@@ -250,10 +286,12 @@ class Engine:
         if wm <= self.watermark:
             return []
         self.watermark = wm
-        if self.next_close is None or (self.next_close + 1) * self.size > wm:
-            return []
+        return self._close_due()
+
+    def _close_due(self) -> list[Output]:
+        """Close every window whose end the watermark has reached."""
         out: list[Output] = []
-        while self.next_close is not None and (self.next_close + 1) * self.size <= wm:
+        while self.next_close is not None and (self.next_close + 1) * self.size <= self.watermark:
             out.append(self._close(self.next_close))
             self.next_close += 1
         return out
@@ -275,6 +313,7 @@ class Engine:
         return DeadLetter(raw, reason, detail, variant, source)
 
     def _close(self, wid: int) -> Report:
+        self._fold_pending(wid)
         window = self.open.pop(wid, None)
         self.ids.pop(wid, None)
         closed = (window or WindowStats.new()).close()

@@ -330,19 +330,23 @@ def scenario_config(name: str) -> str:
 
 
 def generate(
-    name: str, seed: int, minutes: int, start: datetime = DEFAULT_START
+    name: str, seed: int, minutes: int, start: datetime = DEFAULT_START, traffic_scale: float = 1.0
 ) -> Iterator[bytes]:
     """Yield one JSON event per item, as UTF-8 bytes WITHOUT trailing newline, in delivery order.
 
-    Event times cover [start, start + minutes). Validation happens here, not
-    on the first `next()`, so a bad name fails where it is passed.
+    Event times cover [start, start + minutes). `traffic_scale` multiplies the
+    user request rates (probes and pings keep theirs), e.g. 100 for a
+    load test. Validation happens here, not on the first `next()`, so a bad
+    name fails where it is passed.
     """
+    if not traffic_scale > 0:
+        raise ValueError(f"traffic_scale must be > 0, got {traffic_scale!r}")
     _lookup(name)
     if minutes < 1:
         raise ValueError(f"minutes must be at least 1, got {minutes!r}")
     if start.tzinfo is None or start.utcoffset() is None:
         raise ValueError(f"start must be timezone-aware, got {start!r}")
-    world = _World(seed, _FAULTS[name], start.astimezone(UTC), minutes * 60_000)
+    world = _World(seed, _FAULTS[name], start.astimezone(UTC), minutes * 60_000, traffic_scale)
     return world.deliver()
 
 
@@ -413,8 +417,10 @@ def _latency_block(tffb: float, tusable: float, tfinal: float) -> _Json:
 class _World:
     """Streams of one scenario run, merged into delivery order."""
 
-    def __init__(self, seed: int, faults: _Faults, start: datetime, end_ms: int) -> None:
+    def __init__(self, seed: int, faults: _Faults, start: datetime, end_ms: int,
+                 traffic_scale: float = 1.0) -> None:
         self._seed = seed
+        self._scale = traffic_scale
         self._faults = faults
         self._end_ms = end_ms
         # Timestamps are formatted from whole seconds plus a millisecond part.
@@ -440,7 +446,7 @@ class _World:
     def deliver(self) -> Iterator[bytes]:
         streams: list[Iterator[_Item]] = []
         for variant in (CONTROL, CANARY):
-            rate = self._faults.user_rate_per_s if variant == CANARY else _USER_RATE_PER_S
+            rate = self._scale * (self._faults.user_rate_per_s if variant == CANARY else _USER_RATE_PER_S)
             for region in REGIONS:
                 streams.append(self._users(len(streams), variant, region, rate))
             streams.append(self._probes(len(streams), variant))

@@ -1,7 +1,8 @@
 """Window aggregates: what one event-time window remembers, and the horizon sum.
 
-A `WindowStats` is built with `new`, fed with `add` (one event) and `flush`
-(vectorised sketch update), and combined with `merge` / `subtract`.  All
+A `WindowStats` is built with `new`, fed with `add_many` (a micro-batch,
+aggregated column-wise) or `add` (one event), and combined with `merge` /
+`subtract`.  All
 non-latency statistics are integer counters keyed by small tuples, so a
 horizon is a running sum: merge the window that closes, subtract the one that
 falls out.  Latency lives in `Sketch`es (see sketch.py), which also subtract.
@@ -20,7 +21,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Hashable
+from operator import attrgetter
 from typing import Any, overload
+
+import numpy as np
 
 from pipeline.model import Event
 from pipeline.sketch import CompactSketch, Sketch
@@ -50,6 +54,13 @@ FAMILIES = (
 )
 
 LatencyKey = tuple[str, str, bool]  # variant, region, cold
+
+# Everything an event contributes to the counters (latency aside), as one hashable
+# tuple; a window sees few distinct ones, so counting them is most of the work.
+_SIGNATURE = attrgetter("variant", "region", "x_warm", "probe_question", "status", "failure_phase",
+                        "has_retrieval", "index_hash", "metric", "analyzer", "cache_prefix", "cache_hit")
+_LATENCY_KEY = attrgetter("variant", "region", "cold_start")
+_LATENCIES = attrgetter("tffb", "tusable", "tfinal")
 
 
 class LabelCaps:
@@ -97,7 +108,6 @@ class WindowStats:
         self.accuracy = accuracy
         self.c: dict[str, Counter[Any]] = {f: Counter() for f in FAMILIES}
         self.latency: dict[LatencyKey, list[Sketch]] = {}
-        self._pending: dict[LatencyKey, tuple[list[float], list[float], list[float]]] = {}
 
     @classmethod
     def new(cls, accuracy: float = 0.01) -> WindowStats:
@@ -105,16 +115,69 @@ class WindowStats:
         return cls(accuracy)
 
     def add(self, ev: Event, caps: LabelCaps) -> None:
-        """Fold one accepted, de-duplicated event in (latency is buffered until flush)."""
-        c = self.c
-        # Inline fast path of caps.admit for the two labels every event has.
-        v = caps.variants.get(ev.variant) or caps.admit("variant", ev.variant)
-        r = caps.regions.get(ev.region) or caps.admit("region", ev.region)
-        c["events"][v] += 1
-        if ev.x_warm:
-            c["x_warm"][(v, r)] += 1
+        """Fold one accepted, de-duplicated event in."""
+        self.add_many([ev], caps)
+
+    def add_many(self, evs: list[Event], caps: LabelCaps) -> None:
+        """Fold a micro-batch of accepted, de-duplicated events in.
+
+        User requests are counted by their signature tuple (C-level
+        `Counter(map(attrgetter(...)))`), so the per-event Python work is a few
+        attribute reads; counters are then updated once per distinct
+        signature, and latencies go to the sketches in one numpy pass per
+        (variant, region, warm/cold).  Label values are admitted to the caps
+        in order of first appearance.
+        """
+        if not evs:
             return
-        if ev.probe_question is not None:
+        c = self.c
+        events, x_warm = c["events"], c["x_warm"]
+        user, statuses, errors, classes = c["user"], c["statuses"], c["errors"], c["classes"]
+        index_obs, prefixes, cache = c["index_obs"], c["prefixes"], c["cache"]
+        capped: dict[tuple[str, str], tuple[str, str]] = {}
+        probes = pings = 0
+        for sig, n in Counter(map(_SIGNATURE, evs)).items():
+            variant, region, ping, question, status, phase, has_r, ih, metric, analyzer, prefix, hit = sig
+            vr = capped.get((variant, region))
+            if vr is None:
+                vr = capped[(variant, region)] = (caps.admit("variant", variant),
+                                                  caps.admit("region", region))
+            v = vr[0]
+            events[v] += n
+            if ping:
+                x_warm[vr] += n
+                pings += n
+                continue
+            if question is not None:
+                probes += n
+                continue
+            user[vr] += n
+            statuses[(*vr, status)] += n
+            if status >= 500:
+                errors[vr] += n
+                classes[(v, status, phase or "none")] += n
+            if has_r:
+                index_obs[(*vr, caps.admit("index_hash", ih), caps.admit("metric", metric),
+                           caps.admit("analyzer", analyzer))] += n
+            if prefix is not None:
+                prefixes[(v, caps.admit("prefix", prefix))] += n
+            if hit is not None:
+                cache[(v, "n")] += n
+                if hit:
+                    cache[(v, "hit")] += n
+        if pings or probes:
+            if probes:
+                self._add_probes([e for e in evs if e.probe_question is not None and not e.x_warm],
+                                 capped, caps)
+            evs = [e for e in evs if not e.x_warm and e.probe_question is None]
+        if evs:
+            self._add_latency(evs, capped)
+
+    def _add_probes(self, probes: list[Event], capped: dict[tuple[str, str], tuple[str, str]],
+                    caps: LabelCaps) -> None:
+        c = self.c
+        for ev in probes:
+            v = capped[(ev.variant, ev.region)][0]
             c["probes"][v] += 1
             if ev.delta_s is not None:
                 c["delta_s"][(v, round(ev.delta_s, 4))] += 1
@@ -123,48 +186,24 @@ class WindowStats:
             if ev.lambda_state >= 0:
                 q = caps.admit("question", ev.probe_question, QUESTION_CAP)
                 c["lam"][(v, q, ev.probe_paraphrase, ev.probe_seed, ev.lambda_state)] += 1
-            return
-        # Probes feed only the probe gates (SPEC section 3); from here on, user requests.
-        if ev.has_retrieval:
-            c["index_obs"][(
-                v, r,
-                caps.admit("index_hash", ev.index_hash),
-                caps.admit("metric", ev.metric),
-                caps.admit("analyzer", ev.analyzer),
-            )] += 1
-        if ev.cache_prefix is not None:
-            c["prefixes"][(v, caps.admit("prefix", ev.cache_prefix))] += 1
-        c["user"][(v, r)] += 1
-        status = ev.status
-        c["statuses"][(v, r, status)] += 1
-        if status >= 500:
-            c["errors"][(v, r)] += 1
-            c["classes"][(v, status, ev.failure_phase or "none")] += 1
-        if ev.cache_hit is not None:
-            c["cache"][(v, "n")] += 1
-            if ev.cache_hit:
-                c["cache"][(v, "hit")] += 1
-        key = (v, r, ev.cold_start)
-        buf = self._pending.get(key)
-        if buf is None:
-            buf = self._pending[key] = ([], [], [])
-        buf[0].append(ev.tffb)
-        buf[1].append(ev.tusable)
-        buf[2].append(ev.tfinal)
+
+    def _add_latency(self, users: list[Event], capped: dict[tuple[str, str], tuple[str, str]]) -> None:
+        codes: dict[tuple[str, str, bool], int] = {}
+        index = np.fromiter((codes.setdefault(k, len(codes)) for k in map(_LATENCY_KEY, users)),
+                            dtype=np.int64, count=len(users))
+        values = np.array(list(map(_LATENCIES, users)), dtype=np.float64).reshape(len(users), 3)
+        for (variant, region, cold), code in codes.items():
+            key = (*capped[(variant, region)], cold)
+            sketches = self.latency.get(key)
+            if sketches is None:
+                sketches = self.latency[key] = [Sketch(self.accuracy) for _ in PHASES]
+            rows = values if len(codes) == 1 else values[index == code]
+            for j, sketch in enumerate(sketches):
+                sketch.add_many(rows[:, j])
 
     def count(self, family: str, key: Hashable) -> int:
         """One counter value (0 when absent)."""
         return self.c[family].get(key, 0)
-
-    def flush(self) -> None:
-        """Move buffered latencies into the sketches (one numpy pass per key and phase)."""
-        for key, buf in self._pending.items():
-            sketches = self.latency.get(key)
-            if sketches is None:
-                sketches = self.latency[key] = [Sketch(self.accuracy) for _ in PHASES]
-            for sketch, values in zip(sketches, buf, strict=True):
-                sketch.add_many(values)
-        self._pending.clear()
 
     def merge(self, other: WindowStats | ClosedWindow) -> None:
         """Add another window's statistics to these."""
@@ -197,7 +236,6 @@ class WindowStats:
 
     def close(self) -> ClosedWindow:
         """Freeze this window compactly for the horizon's history."""
-        self.flush()
         return ClosedWindow(
             {f: c for f, c in self.c.items() if c},
             {k: [s.compact() for s in sk] for k, sk in self.latency.items()},
@@ -205,7 +243,6 @@ class WindowStats:
 
     def snapshot(self) -> dict[str, Any]:
         """Plain-data view of the counters (for tests and debugging)."""
-        self.flush()
         return {f: dict(c) for f, c in self.c.items() if c}
 
     # Latency helpers over the (possibly merged) sketches.

@@ -53,7 +53,6 @@ class Horizon:
         return self
 
     def judge(self, cfg: Config | None = None, ctx: Context | None = None) -> tuple[GateRow, ...]:
-        self.h.flush()
         return judge(self.h, cfg or make_config(), ctx or Context())
 
 
