@@ -9,8 +9,9 @@ one numpy array of counts over a fixed key range covering 0.001 ms .. 10^7 ms
 * adding a micro-batch is one vectorised log and one `bincount`;
 * sketches add *and subtract* bin by bin, so a horizon is a running sum of
   windows instead of a re-merge of 60 sketches at every close;
-* a closed window keeps only its occupied span (`CompactSketch`, a few hundred
-  bytes), so 60 windows of history cost little.
+* a closed window keeps only its occupied bins, all of its sketches packed in
+  a few flat arrays (`PackedSketches`, ~6 bytes per occupied bin), so 60
+  windows of history cost little.
 
 Values outside the range are clamped to its edge bins (counted, so quantiles
 stay rank-correct); values <= 0 go to the zero bucket as in DDSketch.
@@ -93,29 +94,41 @@ class Sketch:
             idx = _layout(self.accuracy).indices(arr[positive] if npos < len(arr) else arr)
             self.counts += np.bincount(idx, minlength=len(self.counts))
 
-    def _check(self, other: Sketch | CompactSketch) -> None:
-        if other.accuracy != self.accuracy:
+    def _check(self, accuracy: float) -> None:
+        if accuracy != self.accuracy:
             raise ValueError(
-                f"cannot merge sketches with relative accuracy {self.accuracy} and {other.accuracy}"
+                f"cannot merge sketches with relative accuracy {self.accuracy} and {accuracy}"
             )
 
-    def merge(self, other: Sketch | CompactSketch) -> None:
+    def merge(self, other: Sketch) -> None:
         """Add another sketch's values to this one (same accuracy only)."""
-        self._check(other)
-        if isinstance(other, Sketch):
-            self.counts += other.counts
-        else:
-            self.counts[other.lo : other.lo + len(other.bins)] += other.bins
+        self._check(other.accuracy)
+        self.counts += other.counts
         self.zero += other.zero
 
-    def subtract(self, other: Sketch | CompactSketch) -> None:
+    def subtract(self, other: Sketch) -> None:
         """Remove values previously merged in from `other` (same accuracy only)."""
-        self._check(other)
-        if isinstance(other, Sketch):
-            self.counts -= other.counts
-        else:
-            self.counts[other.lo : other.lo + len(other.bins)] -= other.bins
+        self._check(other.accuracy)
+        self.counts -= other.counts
         self.zero -= other.zero
+        self._check_non_negative()
+
+    def merge_packed(self, packed: PackedSketches, i: int) -> None:
+        """Add the i-th sketch of a packed set (same accuracy only)."""
+        self._check(packed.accuracy)
+        lo, hi = packed.bounds[i], packed.bounds[i + 1]
+        self.counts[packed.bins[lo:hi]] += packed.counts[lo:hi]
+        self.zero += int(packed.zeros[i])
+
+    def subtract_packed(self, packed: PackedSketches, i: int) -> None:
+        """Remove the i-th sketch of a packed set, merged in before."""
+        self._check(packed.accuracy)
+        lo, hi = packed.bounds[i], packed.bounds[i + 1]
+        self.counts[packed.bins[lo:hi]] -= packed.counts[lo:hi]
+        self.zero -= int(packed.zeros[i])
+        self._check_non_negative()
+
+    def _check_non_negative(self) -> None:
         if self.zero < 0 or (self.counts < 0).any():
             raise ValueError("subtracted a sketch that was never merged in")
 
@@ -131,14 +144,6 @@ class Sketch:
         i = int(np.searchsorted(cumulative, rank - self.zero, side="right"))
         return float(_layout(self.accuracy).values[min(i, len(cumulative) - 1)])
 
-    def compact(self) -> CompactSketch:
-        """The occupied span only, for keeping closed windows cheaply."""
-        nz = np.flatnonzero(self.counts)
-        if len(nz) == 0:
-            return CompactSketch(self.accuracy, 0, np.zeros(0, dtype=np.uint32), self.zero)
-        lo, hi = int(nz[0]), int(nz[-1]) + 1
-        return CompactSketch(self.accuracy, lo, self.counts[lo:hi].astype(np.uint32), self.zero)
-
     def to_ddsketch(self) -> DDSketch:
         """An equivalent ddsketch.DDSketch (for export and cross-checks)."""
         out = DDSketch(self.accuracy)
@@ -153,20 +158,56 @@ class Sketch:
 
 
 @dataclass(frozen=True, slots=True)
-class CompactSketch:
-    """A closed window's sketch: bins [lo, lo + len(bins)) of the dense layout."""
+class PackedSketches:
+    """Closed sketches, sparse and flat: sketch i holds bins[bounds[i]:bounds[i+1]].
+
+    One window's sketches share four arrays instead of two numpy objects
+    each, which is what makes 60 windows of 1,000s of keys affordable
+    (about 6 bytes per occupied bin).
+    """
 
     accuracy: float
-    lo: int
-    bins: npt.NDArray[np.uint32]
-    zero: int
+    bounds: npt.NDArray[np.int64]
+    bins: npt.NDArray[np.int16]
+    counts: npt.NDArray[np.uint32]
+    zeros: npt.NDArray[np.int64]
 
-    @property
-    def count(self) -> int:
-        """Number of values held."""
-        return int(self.bins.sum()) + self.zero
+    @classmethod
+    def pack(cls, sketches: list[Sketch], accuracy: float = DEFAULT_ACCURACY) -> PackedSketches:
+        """Pack sketches (all of relative accuracy `accuracy`) in order."""
+        bins, bounds = [], [0]
+        for sk in sketches:
+            if sk.accuracy != accuracy:
+                raise ValueError(f"cannot pack a sketch of accuracy {sk.accuracy} with {accuracy}")
+            nz = np.flatnonzero(sk.counts)
+            bins.append(nz)
+            bounds.append(bounds[-1] + len(nz))
+        flat = np.concatenate(bins) if bins else np.zeros(0, dtype=np.int64)
+        counts = (np.concatenate([sk.counts[b] for sk, b in zip(sketches, bins, strict=True)])
+                  if bins else np.zeros(0, dtype=np.int64))
+        return cls(
+            accuracy,
+            np.asarray(bounds, dtype=np.int64),
+            flat.astype(np.int16),
+            counts.astype(np.uint32),
+            np.asarray([sk.zero for sk in sketches], dtype=np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.zeros)
+
+    def count(self, i: int) -> int:
+        """Number of values in the i-th sketch."""
+        lo, hi = self.bounds[i], self.bounds[i + 1]
+        return int(self.counts[lo:hi].sum()) + int(self.zeros[i])
+
+    def unpack(self, i: int) -> Sketch:
+        """The i-th sketch, dense again."""
+        out = Sketch(self.accuracy)
+        out.merge_packed(self, i)
+        return out
 
     @property
     def nbytes(self) -> int:
-        """Approximate memory held by the bins."""
-        return int(self.bins.nbytes) + 64
+        """Memory held by the arrays."""
+        return int(self.bounds.nbytes + self.bins.nbytes + self.counts.nbytes + self.zeros.nbytes)

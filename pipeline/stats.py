@@ -27,7 +27,7 @@ from typing import Any, overload
 import numpy as np
 
 from pipeline.model import Event
-from pipeline.sketch import CompactSketch, Sketch
+from pipeline.sketch import PackedSketches, Sketch
 
 OTHER = "other"
 QUESTION_CAP = 4096
@@ -205,20 +205,20 @@ class WindowStats:
         """One counter value (0 when absent)."""
         return self.c[family].get(key, 0)
 
-    def merge(self, other: WindowStats | ClosedWindow) -> None:
-        """Add another window's statistics to these."""
+    def merge(self, other: ClosedWindow) -> None:
+        """Add a closed window's statistics to these."""
         for family, counter in other.c.items():
             self.c[family].update(counter)
-        for key, theirs in other.latency.items():
-            sketches: list[Sketch] | list[CompactSketch] = theirs
+        packed = other.packed
+        for i, key in enumerate(other.keys):
             mine = self.latency.get(key)
             if mine is None:
                 mine = self.latency[key] = [Sketch(self.accuracy) for _ in PHASES]
-            for a, b in zip(mine, sketches, strict=True):
-                a.merge(b)  # type: ignore[arg-type]  # mypy widens the list union to object
+            for j, sketch in enumerate(mine):
+                sketch.merge_packed(packed, 3 * i + j)
 
-    def subtract(self, other: WindowStats | ClosedWindow) -> None:
-        """Remove a window previously merged in (keeps counters free of zero entries)."""
+    def subtract(self, other: ClosedWindow) -> None:
+        """Remove a window merged in before (keeps counters free of zero entries)."""
         for family, counter in other.c.items():
             mine = self.c[family]
             for key, n in counter.items():
@@ -227,19 +227,19 @@ class WindowStats:
                     mine[key] = left
                 else:
                     del mine[key]
-        for key, sketches in other.latency.items():
-            mine_sk = self.latency[key]
-            for a, b in zip(mine_sk, sketches, strict=True):
-                a.subtract(b)  # type: ignore[arg-type]  # as in merge
-            if mine_sk[0].count == 0:
+        packed = other.packed
+        for i, key in enumerate(other.keys):
+            sketches = self.latency[key]
+            for j, sketch in enumerate(sketches):
+                sketch.subtract_packed(packed, 3 * i + j)
+            if sketches[0].count == 0:
                 del self.latency[key]
 
     def close(self) -> ClosedWindow:
         """Freeze this window compactly for the horizon's history."""
-        return ClosedWindow(
-            {f: c for f, c in self.c.items() if c},
-            {k: [s.compact() for s in sk] for k, sk in self.latency.items()},
-        )
+        keys = list(self.latency)
+        packed = PackedSketches.pack([s for k in keys for s in self.latency[k]], self.accuracy)
+        return ClosedWindow({f: c for f, c in self.c.items() if c}, keys, packed)
 
     def snapshot(self) -> dict[str, Any]:
         """Plain-data view of the counters (for tests and debugging)."""
@@ -257,10 +257,18 @@ class WindowStats:
 
 
 class ClosedWindow:
-    """A closed window as the horizon keeps it: non-empty counters and compact sketches."""
+    """A closed window as the horizon keeps it: non-empty counters and packed sketches.
 
-    __slots__ = ("c", "latency")
+    Sketch 3*i + j of `packed` is phase PHASES[j] of latency key `keys[i]`.
+    """
 
-    def __init__(self, c: dict[str, Counter[Any]], latency: dict[LatencyKey, list[CompactSketch]]):
+    __slots__ = ("c", "keys", "packed")
+
+    def __init__(self, c: dict[str, Counter[Any]], keys: list[LatencyKey], packed: PackedSketches):
         self.c = c
-        self.latency = latency
+        self.keys = keys
+        self.packed = packed
+
+    def sketch(self, key: LatencyKey, phase: str) -> Sketch:
+        """One latency sketch of this window, dense."""
+        return self.packed.unpack(3 * self.keys.index(key) + PHASE_INDEX[phase])

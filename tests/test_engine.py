@@ -169,7 +169,8 @@ def test_x_warm_pings_are_counted_but_feed_no_latency() -> None:
     assert window is not None
     assert window.c["x_warm"][("control", "us-east")] == 1
     assert window.c["user"][("control", "us-east")] == 1
-    assert sum(s[2].count for s in window.latency.values()) == 1
+    assert window.keys == [("control", "us-east", False)]
+    assert window.sketch(("control", "us-east", False), "tfinal").count == 1
 
 
 def test_label_values_are_capped() -> None:

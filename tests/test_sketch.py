@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from ddsketch import DDSketch
 
-from pipeline.sketch import Sketch
+from pipeline.sketch import PackedSketches, Sketch
 
 QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
 
@@ -55,10 +55,17 @@ def test_merged_parts_equal_the_whole() -> None:
     whole = Sketch()
     whole.add_many(values)
     merged = Sketch()
+    parts = []
     for part in np.array_split(values, 7):
         s = Sketch()
         s.add_many(part)
-        merged.merge(s.compact() if len(part) % 2 else s)
+        parts.append(s)
+    packed = PackedSketches.pack(parts)
+    for i, s in enumerate(parts):
+        if i % 2:
+            merged.merge_packed(packed, i)
+        else:
+            merged.merge(s)
     assert np.array_equal(merged.counts, whole.counts)
     assert merged.count == whole.count == len(values)
     for q in QUANTILES:
@@ -71,18 +78,23 @@ def test_subtract_undoes_merge() -> None:
     b.add_many([15.0, 25.0])
     total = Sketch()
     total.merge(a)
-    total.merge(b.compact())
-    total.subtract(b.compact())
+    packed = PackedSketches.pack([a, b])
+    total.merge_packed(packed, 1)
+    total.subtract_packed(packed, 1)
     assert np.array_equal(total.counts, a.counts) and total.zero == a.zero == 1
     with pytest.raises(ValueError, match="never merged"):
         total.subtract(b)
+    with pytest.raises(ValueError, match="never merged"):
+        total.subtract_packed(packed, 1)
 
 
 def test_refuses_to_merge_other_parameters() -> None:
     with pytest.raises(ValueError, match="relative accuracy"):
         Sketch(0.01).merge(Sketch(0.02))
     with pytest.raises(ValueError, match="relative accuracy"):
-        Sketch(0.01).subtract(Sketch(0.05).compact())
+        Sketch(0.01).merge_packed(PackedSketches.pack([Sketch(0.05)], 0.05), 0)
+    with pytest.raises(ValueError, match="accuracy"):
+        PackedSketches.pack([Sketch(0.05)], 0.01)
 
 
 def test_zero_and_out_of_range_values() -> None:
@@ -100,6 +112,8 @@ def test_pickle_round_trip() -> None:
     back = pickle.loads(pickle.dumps(s))
     assert np.array_equal(back.counts, s.counts)
     assert back.quantile(0.95) == s.quantile(0.95)
-    c = s.compact()
-    assert pickle.loads(pickle.dumps(c)).count == c.count == s.count
-    assert c.nbytes < 4_000
+    packed = PackedSketches.pack([s, Sketch()])
+    back_packed = pickle.loads(pickle.dumps(packed))
+    assert back_packed.count(0) == packed.count(0) == s.count and back_packed.count(1) == 0
+    assert back_packed.unpack(0).quantile(0.95) == s.quantile(0.95)
+    assert packed.nbytes < 4_000

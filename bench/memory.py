@@ -1,0 +1,92 @@
+"""Memory of the engine state at 1,000 variant x region keys x 60 windows of horizon.
+
+Feeds synthetic events (2 variants x 500 regions, warm and cold, ~30 events per
+key per window) through 61 one-minute windows with a 60-minute horizon, then
+prints the resident-set growth of the process and the pickled state size.
+Target: <= 300 MB.  Usage: .venv/bin/python bench/memory.py [--keys 1000] [--per-key 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import pickle
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline import config as config_mod  # noqa: E402
+from pipeline.engine import Engine  # noqa: E402
+from pipeline.model import Event  # noqa: E402
+
+START = 1_756_274_400.0
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _config(keys: int) -> config_mod.Config:
+    return config_mod.parse(f"""
+[rollout]
+name = "memory"
+control = "control"
+canary = "canary"
+stage = "50%"
+[windows]
+size_s = 60
+horizon_s = 3600
+[limits]
+max_label_values = {keys}
+""")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keys", type=int, default=1000, help="variant x region keys")
+    ap.add_argument("--per-key", type=int, default=30, help="events per key per window")
+    ap.add_argument("--windows", type=int, default=61)
+    args = ap.parse_args()
+    rng = random.Random(1)
+    regions = [f"region-{i:04d}" for i in range(args.keys // 2)]
+    engine = Engine(_config(args.keys))
+    gc.collect()
+    base = _rss_mb()
+    started = time.perf_counter()
+    fed = 0
+    for w in range(args.windows):
+        batch = []
+        for region in regions:
+            for variant in ("control", "canary"):
+                for j in range(args.per_key):
+                    ts = START + w * 60 + rng.random() * 60
+                    cold = j % 20 == 0
+                    lat = rng.lognormvariate(7.0, 0.5) * (4 if cold else 1)
+                    batch.append(Event(ts, "chat.rag.answer", variant, f"s{j}", region, cold, False, None,
+                                       lat * 0.1, lat * 0.3, lat, 200, None, False, None, None, None,
+                                       None, None, -1, None, None, 0, 0, None, None))
+        batch.sort(key=lambda e: e.ts)
+        for i in range(0, len(batch), 5000):
+            engine.feed(batch[i : i + 5000])
+        fed += len(batch)
+    gc.collect()
+    grown = _rss_mb() - base
+    state = len(pickle.dumps(engine))
+    elapsed = time.perf_counter() - started
+    print(f"keys (variant x region)     {args.keys:>10,}")
+    print(f"windows fed / in horizon    {args.windows:>10} / {engine.n}")
+    print(f"events                      {fed:>10,}   ({fed / elapsed:,.0f} ev/s)")
+    print(f"latency keys in horizon     {len(engine.horizon.latency):>10,}")
+    print(f"RSS growth                  {grown:>10.1f} MB   (target <= 300 MB)")
+    print(f"pickled state               {state / 2**20:>10.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
