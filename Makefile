@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv example test lint typecheck unit bench lock clean
+.PHONY: venv system-deps example test lint typecheck unit bench lock clean
 
 venv: $(STAMP)
 
@@ -22,8 +22,12 @@ example: venv
 	$(BIN)/canary-gate run --config examples/rollout.toml --source examples/telemetry.jsonl.gz \
 	    --verdicts out/verdicts.jsonl --board on
 
+# Debian packages the integration tests run for real (Prometheus, promtool).
+system-deps:
+	bash scripts/install-system-deps.sh
+
 # Second README command: everything CI runs.
-test: venv lint typecheck unit
+test: venv system-deps lint typecheck unit
 
 lint: venv
 	$(BIN)/ruff check pipeline tests bench
@@ -36,6 +40,7 @@ unit: venv
 
 bench: venv
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/memory.py
 
 lock: venv
 	$(BIN)/pip freeze --exclude-editable | sed '1i # Locked versions of every runtime and dev dependency (pip freeze of a working venv).\n# Regenerate: make lock' > requirements.lock

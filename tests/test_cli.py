@@ -115,3 +115,48 @@ def test_bundled_example_is_consistent() -> None:
     with gzip.open(ROOT / "examples" / "telemetry.jsonl.gz") as f:
         first = json.loads(f.readline())
     assert first["variant"] in ("control", "canary-v2")
+
+
+def test_sighup_rereads_the_stage(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    cfg = tmp_path / "rollout.toml"
+    cfg.write_text(scenarios.scenario_config("healthy"))
+    verdicts = tmp_path / "v.jsonl"
+    lines = list(scenarios.generate("healthy", 4, 12))
+    half = len(lines) // 2
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(cfg), "--source", "-",
+         "--verdicts", str(verdicts)], cwd=ROOT, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None
+
+    def wait_for(n: int) -> list[dict]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if verdicts.exists():
+                got = [json.loads(x) for x in verdicts.read_text().splitlines()]
+                if len(got) >= n:
+                    return got
+            time.sleep(0.2)
+        raise AssertionError(f"fewer than {n} verdicts")
+
+    proc.stdin.write(b"\n".join(lines[:half]) + b"\n")
+    proc.stdin.flush()
+    before = wait_for(4)
+    cfg.write_text(scenarios.scenario_config("healthy").replace('stage = "50%"', 'stage = "bogus"'))
+    proc.send_signal(signal.SIGHUP)  # a bad config is reported and ignored
+    time.sleep(0.5)
+    cfg.write_text(scenarios.scenario_config("healthy").replace('stage = "50%"', 'stage = "100%"'))
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    proc.stdin.write(b"\n".join(lines[half:]) + b"\n")
+    proc.stdin.close()
+    assert proc.wait(timeout=120) == 0
+    err = proc.stderr.read().decode()
+    assert "config not reloaded: rollout.stage" in err
+    assert "stage 50% -> 100%" in err
+    after = [json.loads(x) for x in verdicts.read_text().splitlines()]
+    stages = [v["stage"] for v in after]
+    assert stages[: len(before)] == ["50%"] * len(before)
+    assert stages[-1] == "100%" and stages == sorted(stages, key=lambda s: s != "50%")

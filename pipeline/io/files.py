@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import queue
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -37,6 +39,34 @@ def open_lines(path: str) -> IO[bytes]:
     return open(path, "rb")
 
 
+class _PipeReader:
+    """Reads a pipe (stdin) on a thread so the dataflow never blocks waiting for a line."""
+
+    def __init__(self, stream: IO[bytes], capacity: int = 100_000) -> None:
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=capacity)  # backpressure
+        self.thread = threading.Thread(target=self._pump, args=(stream,), daemon=True,
+                                       name="canary-gate-stdin")
+        self.thread.start()
+
+    def _pump(self, stream: IO[bytes]) -> None:
+        for line in stream:
+            self.queue.put(line)
+        self.queue.put(None)
+
+    def read(self, n: int) -> tuple[list[bytes], bool]:
+        """Up to n lines that have arrived, and whether the end was reached."""
+        lines: list[bytes] = []
+        try:
+            while len(lines) < n:
+                line = self.queue.get_nowait() if lines else self.queue.get(timeout=0.05)
+                if line is None:
+                    return lines, True
+                lines.append(line)
+        except queue.Empty:
+            pass
+        return lines, False
+
+
 class _FilePartition(StatefulSourcePartition[Chunk, int]):
     def __init__(self, path: str, batch_size: int, skip: int) -> None:
         self.path = path
@@ -46,14 +76,21 @@ class _FilePartition(StatefulSourcePartition[Chunk, int]):
         self.line_no = 0
         for _ in itertools.islice(self.stream, skip):
             self.line_no += 1
+        self.pipe = _PipeReader(self.stream) if path == "-" else None
         self.done = False
+
+    def _read(self) -> list[bytes]:
+        if self.pipe is not None:
+            raw, self.done = self.pipe.read(self.batch_size)
+            return raw
+        raw = list(itertools.islice(self.stream, self.batch_size))
+        self.done = len(raw) < self.batch_size
+        return raw
 
     def next_batch(self) -> list[Chunk]:
         if self.done:
             raise StopIteration
-        raw = list(itertools.islice(self.stream, self.batch_size))
-        if len(raw) < self.batch_size:
-            self.done = True
+        raw = self._read()
         chunks = []
         start, first = 0, self.line_no + 1
         # Blank lines are not messages; split around them so line numbers stay exact.
@@ -63,7 +100,7 @@ class _FilePartition(StatefulSourcePartition[Chunk, int]):
                     chunks.append(Chunk("0", [x.rstrip(b"\r\n") for x in raw[start:i]],
                                         self.name, first + start))
                 start = i + 1
-        if start < len(raw) or not chunks:
+        if start < len(raw) or (self.done and not chunks):
             chunks.append(Chunk("0", [x.rstrip(b"\r\n") for x in raw[start:]], self.name,
                                 first + start))
         self.line_no += len(raw)

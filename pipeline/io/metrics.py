@@ -118,7 +118,7 @@ class CanaryCollector(Collector):
         latency = GaugeMetricFamily(
             f"{PREFIX}_latency_seconds",
             "Latency quantiles over the horizon per variant, region, warm/cold and phase.",
-            labels=["variant", "region", "temperature", "phase", "quantile"])
+            labels=["variant", "region", "temperature", "phase", "q"])
         for (variant, region, temp, phase, q), ms in sorted(self.quantiles.items()):
             latency.add_metric([variant, region, temp, phase, f"{q:g}"], ms / 1000.0)
         yield latency
