@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from test_metrics import GOLDEN
 
 from pipeline import scenarios
-from test_metrics import GOLDEN
 
 
 def _tool(name: str) -> str:
