@@ -203,6 +203,7 @@ def run_pipeline(cfg: config_mod.Config, source: str, *, verdicts: str | None, d
         f"{tally.verdicts} verdicts"
         + (f", last {last.decision} at {last.to_record()['window_end']}" if last else "")
         + f"; {dead_total} dead letters" + (f" ({dead_note}) -> {dead}" if dead_total else "")
+        + ("" if verdicts else "; verdicts were only shown (pass --verdicts PATH to keep them)")
     )
     return 0
 

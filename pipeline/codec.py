@@ -224,7 +224,7 @@ def decode(raw: bytes, max_bytes: int = 1_048_576) -> Event | DecodeError:
     """Decode one message; never raises for bad input."""
     if len(raw) > max_bytes:
         return DecodeError(
-            raw[:max_bytes], DeadLetterReason.TOO_LARGE,
+            raw, DeadLetterReason.TOO_LARGE,
             f"message of {len(raw)} bytes exceeds limits.max_event_bytes={max_bytes}",
             _VARIANT_TEXT.search(raw[:65536]) and _readable_variant(raw[:65536]),
         )

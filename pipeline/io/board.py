@@ -66,8 +66,9 @@ class Board:
         )
         table = Table(expand=False, show_lines=False)
         for col in ("gate", "region", "status", "observed", "threshold", "stop", "canary n",
-                    "control n", "reason"):
-            table.add_column(col, overflow="fold")
+                    "control n"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("reason", overflow="fold", min_width=30)
         shown = [r for r in v.gates if r.status is not GateStatus.PASS]
         for r in sorted(shown, key=lambda r: -r.status.severity):
             table.add_row(r.gate, r.region or "", Text(str(r.status), _STATUS_STYLE[r.status]),
@@ -97,6 +98,8 @@ class BoardSink(DynamicSink[Any]):
     def __init__(self, board: Board, console: Console | None = None) -> None:
         self.board = board
         self.console = console or Console()
+        if not self.console.is_terminal:
+            self.console.width = max(self.console.width, 200)  # a log file has no edge to fit
         self.live: Live | None = None
         self.lock = threading.Lock()
 
@@ -118,6 +121,8 @@ class BoardSink(DynamicSink[Any]):
                 self.live.update(self.board.render())
                 self.live.stop()
                 self.live = None
+                if not self.console.is_terminal:
+                    self.console.line()
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _BoardPartition:
         return _BoardPartition(self)
