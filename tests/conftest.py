@@ -13,37 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline import config as config_mod  # noqa: E402
+from pipeline import scenarios  # noqa: E402
 from pipeline.model import Event  # noqa: E402
 
 BASE_TS = 1_756_274_400.0  # 2025-08-27T06:00:00Z
 
-BASE_TOML = """
-[rollout]
-name = "chat-rag-v2"
-control = "control"
-canary = "canary-v2"
-stage = "50%"
-
-[variants.control]
-index_hash = "0x9a76"
-metric = "cosine"
-analyzer = "bilstem"
-cache_prefix = "v1:"
-
-[variants.canary-v2]
-index_hash = "0x9a77"
-metric = "cosine"
-analyzer = "bilstem"
-cache_prefix = "v2-cnr:"
-
-[windows]
-size_s = 60
-horizon_s = 600
-allowed_lateness_s = 30
-
-[promotion]
-sustain_s = 300
-"""
+# The rollout config the scenarios are judged under: stage 50%, 60 s windows,
+# 10-minute horizon, 30 s lateness, 300 s sustain, both variants' index and cache configured.
+BASE_TOML = scenarios.scenario_config("healthy")
 
 
 def make_config(extra: str = "", stage: str | None = None) -> config_mod.Config:
