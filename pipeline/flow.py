@@ -23,7 +23,7 @@ from bytewax.outputs import Sink
 from pipeline.codec import decode_batch
 from pipeline.config import Config
 from pipeline.engine import Engine, Output, Report
-from pipeline.io.files import Chunk
+from pipeline.io.chunk import Chunk
 from pipeline.model import DecodeError, Event
 
 STREAM_KEY = "stream"
@@ -45,13 +45,7 @@ class Decoded:
 
     partition: str
     items: list[Event | DecodeError]
-    name: str
-    first: int
-    last: bool
-
-    def locate(self, i: int) -> str:
-        """Where the i-th item came from."""
-        return f"{self.name}:{self.first + i}"
+    chunk: Chunk
 
 
 @dataclass
@@ -71,8 +65,8 @@ class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
     def on_item(self, value: Decoded) -> tuple[Iterable[Output], bool]:
         if self.control is not None and self.control.stage != self.engine.cfg.stage:
             self.engine.set_stage(self.control.stage)
-        out = self.engine.feed(value.items, value.partition, value.locate)
-        if value.last:
+        out = self.engine.feed(value.items, value.partition, value.chunk.locate)
+        if value.chunk.last:
             out.extend(self.engine.end_partition(value.partition))
         return out, False
 
@@ -90,8 +84,7 @@ def build_flow(cfg: Config, source: Source[Chunk], sinks: Sinks,
     parts = tuple(partitions)
 
     def decode(chunk: Chunk) -> Decoded:
-        return Decoded(chunk.partition, decode_batch(chunk.lines, max_bytes), chunk.name, chunk.first,
-                       chunk.last)
+        return Decoded(chunk.partition, decode_batch(chunk.lines, max_bytes), chunk)
 
     def build(resume: Engine | None) -> _JudgeLogic:
         return _JudgeLogic(resume if resume is not None else Engine(cfg, parts), control)

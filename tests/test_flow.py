@@ -12,7 +12,7 @@ from pipeline import config as config_mod
 from pipeline import scenarios
 from pipeline.engine import Report
 from pipeline.flow import Sinks, StageControl, build_flow
-from pipeline.io.files import Chunk
+from pipeline.io.chunk import Chunk
 from pipeline.model import DeadLetter, GateStatus
 
 MINUTES = 16

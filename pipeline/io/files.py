@@ -7,7 +7,6 @@ import itertools
 import queue
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -16,18 +15,8 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from pipeline.engine import Report
+from pipeline.io.chunk import Chunk
 from pipeline.model import DeadLetter
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """A micro-batch of raw messages from one source partition."""
-
-    partition: str
-    lines: list[bytes]
-    name: str  # e.g. "events.jsonl" or "telemetry/3"
-    first: int  # line number (or offset) of lines[0]; lines[i] is at first + i
-    last: bool = False  # the partition has no more data after this chunk
 
 
 def open_lines(path: str) -> IO[bytes]:

@@ -1,0 +1,23 @@
+"""The unit that sources hand to the dataflow: a micro-batch of raw messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A micro-batch of raw messages from one source partition, in delivery order."""
+
+    partition: str
+    lines: list[bytes]
+    name: str  # "events.jsonl" for files, "telemetry/3" for a Kafka partition
+    first: int  # line number of lines[0] (files)
+    last: bool = False  # the partition has no more data after this chunk
+    offsets: list[int] | None = None  # Kafka offset of each message, when from Kafka
+
+    def locate(self, i: int) -> str:
+        """Where message i came from: "file:line" or "topic/partition@offset"."""
+        if self.offsets is not None:
+            return f"{self.name}@{self.offsets[i]}"
+        return f"{self.name}:{self.first + i}"
