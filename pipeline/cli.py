@@ -7,12 +7,17 @@ traceback); 1 runtime failure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
+import os
+import re
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn
@@ -39,11 +44,19 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="judge a telemetry stream and publish verdicts")
     run.add_argument("--config", required=True, help="rollout config (TOML)")
     run.add_argument("--source", required=True,
-                     help="telemetry: a .jsonl or .jsonl.gz file, or '-' for stdin")
-    run.add_argument("--verdicts", help="verdict JSONL path, or '-' for stdout "
-                     "(default: stdout when it is not a terminal, else only the live board)")
-    run.add_argument("--dead-letters", help="dead-letter JSONL path (default: beside the verdicts "
-                     "file, or ./<rollout>.dead-letters.jsonl)")
+                     help="telemetry: a .jsonl or .jsonl.gz file, '-' for stdin, or kafka://HOST:PORT/TOPIC")
+    run.add_argument("--verdicts", help="verdict JSONL path, '-' for stdout, or kafka://HOST:PORT[/TOPIC] "
+                     "(topic default canary.verdicts; default: stdout when it is not a terminal, "
+                     "else only the live board)")
+    run.add_argument("--dead-letters", help="dead-letter JSONL path or kafka://HOST:PORT[/TOPIC] (topic "
+                     "default telemetry.dlq; default: the Kafka source's broker, else beside the "
+                     "verdicts file, else ./<rollout>.dead-letters.jsonl)")
+    run.add_argument("--until-end", action="store_true",
+                     help="Kafka: stop at the end offsets found at start-up, closing every window")
+    run.add_argument("--starting-offset", choices=("earliest", "latest"), default="earliest",
+                     help="Kafka: where to start reading each partition (default earliest)")
+    run.add_argument("--kafka-config", metavar="FILE",
+                     help="librdkafka settings (key=value lines), e.g. SASL/TLS credentials")
     run.add_argument("--metrics-port", type=int, default=0,
                      help="serve Prometheus /metrics on this port (0, the default, disables)")
     run.add_argument("--metrics-addr", default="0.0.0.0", help="address for --metrics-port")
@@ -62,7 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--minutes", type=int, default=20)
     gen.add_argument("--traffic-scale", type=float, default=1.0,
                      help="multiply user request rates (e.g. 100 for a load test)")
-    gen.add_argument("--out", required=True, help="JSONL path (.gz compresses) or '-' for stdout")
+    gen.add_argument("--out", required=True,
+                     help="JSONL path (.gz compresses), '-' for stdout, or kafka://HOST:PORT/TOPIC")
+    gen.add_argument("--rate", type=float, default=0.0,
+                     help="Kafka: events per second to produce (default 0: as fast as possible)")
+    gen.add_argument("--partitions", type=int, default=4,
+                     help="Kafka: partitions of the topic if it has to be created (default 4)")
+    gen.add_argument("--kafka-config", metavar="FILE", help="librdkafka settings (key=value lines)")
     gen.add_argument("--config-out", help="also write the rollout config the scenario is judged under")
 
     replay = sub.add_parser("replay", help="judge archived JSONL streams, one verdict file each")
@@ -92,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted")
         return 130
+    except OSError as exc:  # a file that cannot be read or written: one line, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        _say(f"{where}{exc.strerror or exc}")
+        return 1
     except BrokenPipeError:
         return 0
 
@@ -110,19 +133,34 @@ def _stem(path: str) -> str:
 
 def _check_source(source: str) -> None:
     if source.startswith("kafka://"):
-        raise UsageError("--source kafka://... is not available in this build; use a JSONL file or '-'")
+        from pipeline.io.kafka import KafkaSetupError, parse_url
+
+        try:
+            parse_url(source)
+        except KafkaSetupError as exc:
+            raise UsageError(f"--source {exc}") from None
+        return
     if source != "-" and not Path(source).is_file():
         raise UsageError(f"--source {source}: no such file")
     if source != "-" and not source.endswith((".jsonl", ".jsonl.gz", ".json", ".ndjson")):
         raise UsageError(f"--source {source}: expected a .jsonl or .jsonl.gz file, or '-'")
+    if source.endswith(".gz"):
+        with open(source, "rb") as f:
+            if f.read(2) not in (b"\x1f\x8b", b""):
+                raise UsageError(f"--source {source}: not a gzip file")
 
 
 def _writable(path: str, flag: str) -> None:
     if path == "-":
         return
-    parent = Path(path).parent
+    target = Path(path)
+    parent = target.parent
     if not parent.is_dir():
         raise UsageError(f"{flag} {path}: directory {parent} does not exist")
+    if target.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory")
+    if not os.access(target if target.exists() else parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: not writable")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -137,56 +175,113 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--metrics-port must be 0..65535, got {args.metrics_port}")
     interactive = sys.stdout.isatty()
     verdicts = args.verdicts or (None if interactive else "-")
-    dead = args.dead_letters or (
-        f"{_stem(verdicts)}.dead-letters.jsonl" if verdicts not in (None, "-")
-        else f"{cfg.name.replace('/', '_')}.dead-letters.jsonl")
+    kafka_source = args.source.startswith("kafka://")
+    if args.dead_letters:
+        dead = args.dead_letters
+    elif kafka_source:
+        dead = "kafka://" + args.source[len("kafka://"):].split("/", 1)[0]
+    elif verdicts not in (None, "-") and not verdicts.startswith("kafka://"):
+        dead = f"{_stem(verdicts)}.dead-letters.jsonl"
+    else:
+        dead = f"{cfg.name.replace('/', '_')}.dead-letters.jsonl"
     for path, flag in ((verdicts, "--verdicts"), (dead, "--dead-letters")):
-        if path:
+        if path and not path.startswith("kafka://"):
             _writable(path, flag)
+    if args.until_end and not kafka_source:
+        raise UsageError("--until-end applies to a kafka:// source only")
     board_on = args.board == "on" or (args.board == "auto" and interactive and verdicts != "-")
-    return run_pipeline(cfg, args.source, verdicts=verdicts, dead=dead, metrics_port=args.metrics_port,
-                        metrics_addr=args.metrics_addr, workers=args.workers,
-                        batch_size=args.batch_size, board_on=board_on, config_path=args.config)
+    options = RunOptions(
+        verdicts=verdicts, dead=dead, metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
+        workers=args.workers, batch_size=args.batch_size, board_on=board_on, config_path=args.config,
+        until_end=args.until_end, starting_offset=args.starting_offset, kafka_config=args.kafka_config)
+    return run_pipeline(cfg, args.source, options)
 
 
-def run_pipeline(cfg: config_mod.Config, source: str, *, verdicts: str | None, dead: str,
-                 metrics_port: int = 0, metrics_addr: str = "0.0.0.0", workers: int = 1,
-                 batch_size: int = 1000, board_on: bool = False, config_path: str | None = None) -> int:
-    """Build and run the dataflow over a JSONL source; print a one-line summary on stderr."""
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything `run` needs beyond the config and the source."""
+
+    verdicts: str | None
+    dead: str
+    metrics_port: int = 0
+    metrics_addr: str = "0.0.0.0"
+    workers: int = 1
+    batch_size: int = 1000
+    board_on: bool = False
+    config_path: str | None = None
+    until_end: bool = False
+    starting_offset: str = "earliest"
+    kafka_config: str | None = None
+
+
+def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
+    """Build and run the dataflow; print a one-line summary on stderr."""
     # Imported here so that check-config and generate start fast.
     from bytewax._bytewax import cli_main
 
     from pipeline.flow import Sinks, StageControl, build_flow
+    from pipeline.io import kafka
     from pipeline.io.board import Board, BoardSink
     from pipeline.io.files import JsonlSink, JsonlSource, dead_letter_line, verdict_line
     from pipeline.io.metrics import CanaryCollector, serve
     from pipeline.io.observe import ObserveSink
 
-    tally = Board()
-    sinks = Sinks(observers=[ObserveSink(tally.observe)])
-    if verdicts:
-        sinks.verdicts.append(JsonlSink(verdicts, verdict_line))
-    sinks.dead_letters.append(JsonlSink(dead, dead_letter_line))
-    if metrics_port:
-        collector = CanaryCollector()
+    extra = kafka.load_client_config(opts.kafka_config)
+    health = kafka.SourceHealth()
+    clock: Callable[[], float] | None = None
+    try:
+        if kafka.is_kafka(source):
+            url = kafka.parse_url(source, kafka.TELEMETRY_TOPIC)
+            parts = kafka.partitions(url, extra)
+            stop_at = kafka.end_offsets(url, extra) if opts.until_end else None
+            src: Any = kafka.KafkaTelemetrySource(url, extra, starting=opts.starting_offset,
+                                                  batch_size=opts.batch_size, stop_at=stop_at,
+                                                  health=health)
+            partition_ids = [str(p) for p in parts]
+            clock = None if opts.until_end else time.time
+        else:
+            src = JsonlSource(source, opts.batch_size)
+            partition_ids = ["0"]
+
+        def sink(target: str, render_line: Callable[[Any], bytes], render_message: Any,
+                 default_topic: str) -> Any:
+            if kafka.is_kafka(target):
+                out = kafka.parse_url(target, default_topic)
+                kafka.ensure_topic(out, extra)
+                return kafka.KafkaProducerSink(out, extra, render_message)
+            return JsonlSink(target, render_line)
+
+        tally = Board()
+        sinks = Sinks(observers=[ObserveSink(tally.observe)])
+        if opts.verdicts:
+            sinks.verdicts.append(sink(opts.verdicts, verdict_line, kafka.render_verdict(cfg.name),
+                                       kafka.VERDICT_TOPIC))
+        sinks.dead_letters.append(sink(opts.dead, dead_letter_line, kafka.render_dead_letter,
+                                       kafka.DEAD_LETTER_TOPIC))
+    except kafka.KafkaSetupError as exc:
+        _say(str(exc))
+        return 1
+    if opts.metrics_port:
+        collector = CanaryCollector(health=health)
         try:
-            serve(collector, metrics_port, metrics_addr)
+            serve(collector, opts.metrics_port, opts.metrics_addr)
         except OSError as exc:
-            raise UsageError(f"--metrics-port {metrics_port}: cannot listen: {exc.strerror}") from None
+            raise UsageError(f"--metrics-port {opts.metrics_port}: cannot listen: {exc.strerror}") from None
         sinks.observers.append(ObserveSink(collector.observe))
     board_sink = None
-    if board_on:
+    if opts.board_on:
         board_sink = BoardSink(Board())
         sinks.observers.append(board_sink)
 
-    control = StageControl(cfg.stage)
-    if config_path is not None and hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, _reload_stage(config_path, control))
+    control = StageControl(cfg.stage, cfg.effective())
+    if opts.config_path is not None and hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, _reload_stage(opts.config_path, control))
 
-    flow = build_flow(cfg, JsonlSource(source, batch_size), sinks, control=control)
+    flow = build_flow(cfg, src, sinks, partitions=partition_ids, control=control, clock=clock)
     started = time.perf_counter()
     try:
-        cli_main(flow, workers_per_process=workers)  # type: ignore[no-untyped-call]
+        with _without_panic_noise():
+            cli_main(flow, workers_per_process=opts.workers)  # type: ignore[no-untyped-call]
     except Exception as exc:  # the dataflow failed; report it in one line
         if board_sink is not None:
             board_sink.stop()
@@ -202,10 +297,45 @@ def run_pipeline(cfg: config_mod.Config, source: str, *, verdicts: str | None, d
         f"{tally.events} events in {elapsed:.1f} s ({tally.events / max(elapsed, 1e-9):,.0f}/s), "
         f"{tally.verdicts} verdicts"
         + (f", last {last.decision} at {last.to_record()['window_end']}" if last else "")
-        + f"; {dead_total} dead letters" + (f" ({dead_note}) -> {dead}" if dead_total else "")
-        + ("" if verdicts else "; verdicts were only shown (pass --verdicts PATH to keep them)")
+        + f"; {dead_total} dead letters" + (f" ({dead_note}) -> {opts.dead}" if dead_total else "")
+        + ("" if opts.verdicts else "; verdicts were only shown (pass --verdicts PATH to keep them)")
     )
     return 0
+
+
+# What Bytewax's Rust side prints when a Python exception ends the dataflow; the
+# exception itself is reported in one line after the run.
+_PANIC_NOISE = re.compile(rb"^(thread '.*' panicked at |Box<dyn Any>|note: run with `RUST_BACKTRACE)")
+
+
+@contextlib.contextmanager
+def _without_panic_noise() -> Iterator[None]:
+    """Forward stderr through a filter that drops Rust panic lines (set CANARY_GATE_DEBUG=1 to keep)."""
+    if os.environ.get("CANARY_GATE_DEBUG"):
+        yield
+        return
+    os.environ["RUST_BACKTRACE"] = "0"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not _PANIC_NOISE.match(line):
+                    os.write(saved, line)
+
+    pump = threading.Thread(target=forward, name="canary-gate-stderr", daemon=True)
+    pump.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last writer: the pump drains and ends
+        pump.join(timeout=5)
+        os.close(saved)
 
 
 def _reload_stage(path: str, control: Any) -> Callable[[int, FrameType | None], None]:
@@ -218,6 +348,11 @@ def _reload_stage(path: str, control: Any) -> Callable[[int, FrameType | None], 
         if new.stage != control.stage:
             _say(f"SIGHUP: stage {control.stage} -> {new.stage} (promotion clock restarts)")
             control.stage = new.stage
+        changed = [k for k, v in new.effective().items() if k != "rollout" and v != control.base.get(k)]
+        changed += [f"rollout.{k}" for k, v in new.effective()["rollout"].items()
+                    if k != "stage" and v != control.base["rollout"][k]]
+        if changed:
+            _say(f"SIGHUP: only the stage is applied while running; restart to apply {', '.join(changed)}")
 
     return handler
 
@@ -246,27 +381,25 @@ def _open_out(path: str) -> IO[bytes]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Write a scenario as JSONL (and optionally the config it is judged under)."""
+    """Write a scenario as JSONL or produce it to Kafka (and optionally write its config)."""
     if args.minutes < 1:
         raise UsageError(f"--minutes must be >= 1, got {args.minutes}")
     if not args.traffic_scale > 0:
         raise UsageError(f"--traffic-scale must be > 0, got {args.traffic_scale}")
-    if args.out.startswith("kafka://"):
-        raise UsageError("--out kafka://... is not available in this build; use a path or '-'")
+    if args.rate < 0:
+        raise UsageError(f"--rate must be >= 0, got {args.rate}")
     if args.config_out:
         _writable(args.config_out, "--config-out")
         Path(args.config_out).write_text(scenarios.scenario_config(args.scenario), encoding="utf-8")
+    lines = scenarios.generate(args.scenario, args.seed, args.minutes, traffic_scale=args.traffic_scale)
+    if args.out.startswith("kafka://"):
+        return _produce(args, lines)
     out = _open_out(args.out)
-    progress = _progress(args.minutes) if sys.stderr.isatty() and args.out != "-" else None
     n = 0
     try:
-        minute_marks = 0
-        for line in scenarios.generate(args.scenario, args.seed, args.minutes,
-                                       traffic_scale=args.traffic_scale):
+        for line in lines:
             out.write(line + b"\n")
             n += 1
-            if progress is not None and n % 5000 == 0:
-                minute_marks = progress(n, minute_marks)
     finally:
         if out is not sys.stdout.buffer:
             out.close()
@@ -278,12 +411,67 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(minutes: int) -> Callable[[int, int], int]:
-    def show(n: int, marks: int) -> int:
-        print(f"\r{PROG}: {n:,} events written", end="", file=sys.stderr, flush=True)
-        return marks + 1
+_STICKY = re.compile(rb'"sticky"\s*:\s*"([^"\\]*)"')
 
-    return show
+
+def _produce(args: argparse.Namespace, lines: Iterator[bytes]) -> int:
+    """Produce a scenario to Kafka, keyed by sticky, at --rate events/s (0: as fast as possible)."""
+    from confluent_kafka import KafkaException, Producer
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipeline.io import kafka
+
+    try:
+        url = kafka.parse_url(args.out, kafka.TELEMETRY_TOPIC)
+        extra = kafka.load_client_config(args.kafka_config)
+        if args.partitions < 1:
+            raise UsageError(f"--partitions must be >= 1, got {args.partitions}")
+        kafka.ensure_topic(url, extra, args.partitions)
+    except kafka.KafkaSetupError as exc:
+        _say(str(exc))
+        return 1
+    events = list(lines)  # scenarios are small; knowing the total gives a real progress bar
+    failures: list[str] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    producer = Producer({"bootstrap.servers": url.bootstrap, **extra, "linger.ms": 20,
+                         "enable.idempotence": "true"})
+    started = time.monotonic()
+    with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=False, disable=not sys.stderr.isatty(),
+                  console=None) as progress:
+        task = progress.add_task("produce", total=len(events))
+        for i, line in enumerate(events):
+            if args.rate > 0:
+                delay = started + i / args.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            m = _STICKY.search(line)
+            while True:
+                try:
+                    producer.produce(url.topic, value=line, key=m.group(1) if m else None,
+                                     on_delivery=delivered)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+                except KafkaException as exc:
+                    _say(f"producing to {url}: {exc}")
+                    return 1
+            if i % 1000 == 0:
+                producer.poll(0)
+                progress.update(task, completed=i)
+        left = producer.flush(60)
+        progress.update(task, completed=len(events))
+    if left or failures:
+        _say(f"producing to {url} failed: {failures[0] if failures else f'{left} messages undelivered'}")
+        return 1
+    elapsed = time.monotonic() - started
+    _say(f"produced {len(events)} events of scenario {args.scenario} (seed {args.seed}, {args.minutes} min) "
+         f"to {url} in {elapsed:.1f} s")
+    return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -295,8 +483,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _check_source(archive)
     for archive in args.archives:
         base = out_dir / Path(_stem(archive)).name
-        code = run_pipeline(cfg, archive, verdicts=f"{base}.verdicts.jsonl",
-                            dead=f"{base}.dead-letters.jsonl")
+        code = run_pipeline(cfg, archive, RunOptions(verdicts=f"{base}.verdicts.jsonl",
+                                                     dead=f"{base}.dead-letters.jsonl"))
         if code:
             return code
     return 0

@@ -93,13 +93,17 @@ class _Telemetry(Struct, gc=False):
     egress: _Egress | UnsetType = UNSET
 
 
-class _VariantOnly(Struct):
-    variant: str | UnsetType = UNSET
+class _Readable(Struct):
+    """What is still read from a message that breaks the schema (any types)."""
+
+    variant: object = None
+    ts: object = None
 
 
 _decoder = msgspec.json.Decoder(_Telemetry)
-_variant_decoder = msgspec.json.Decoder(_VariantOnly)
+_readable_decoder = msgspec.json.Decoder(_Readable)
 _VARIANT_TEXT = re.compile(rb'"variant"\s*:\s*"([^"\\]{1,256})"')
+_TS_TEXT = re.compile(rb'"ts"\s*:\s*"([0-9A-Za-z:.+-]{1,64})"')
 
 
 class SchemaViolation(ValueError):
@@ -200,13 +204,27 @@ def _to_event(t: _Telemetry, raw: bytes) -> Event:
     )
 
 
-def _readable_variant(raw: bytes) -> str | None:
+def _readable(raw: bytes) -> tuple[str | None, float | None]:
+    """The variant and event time of a broken message, where they can still be read."""
     try:
-        found = _variant_decoder.decode(raw).variant
+        found = _readable_decoder.decode(raw)
+        variant = found.variant if isinstance(found.variant, str) and found.variant else None
+        ts_text = found.ts if isinstance(found.ts, str) else None
     except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bad UTF-8
         m = _VARIANT_TEXT.search(raw)
-        return m.group(1).decode("utf-8", errors="replace") if m else None
-    return found if isinstance(found, str) and found else None
+        variant = m.group(1).decode("utf-8", errors="replace") if m else None
+        t = _TS_TEXT.search(raw)
+        ts_text = t.group(1).decode("ascii", errors="replace") if t else None
+    try:
+        ts = parse_ts(ts_text) if ts_text is not None else None
+    except ValueError:
+        ts = None
+    return variant, ts
+
+
+def _failure(raw: bytes, reason: DeadLetterReason, detail: str, readable: bytes | None = None) -> DecodeError:
+    variant, ts = _readable(raw if readable is None else readable)
+    return DecodeError(raw, reason, detail, variant, ts)
 
 
 def _syntax_error(raw: bytes) -> str | None:
@@ -223,11 +241,9 @@ def _syntax_error(raw: bytes) -> str | None:
 def decode(raw: bytes, max_bytes: int = 1_048_576) -> Event | DecodeError:
     """Decode one message; never raises for bad input."""
     if len(raw) > max_bytes:
-        return DecodeError(
-            raw, DeadLetterReason.TOO_LARGE,
-            f"message of {len(raw)} bytes exceeds limits.max_event_bytes={max_bytes}",
-            _VARIANT_TEXT.search(raw[:65536]) and _readable_variant(raw[:65536]),
-        )
+        return _failure(raw, DeadLetterReason.TOO_LARGE,
+                        f"message of {len(raw)} bytes exceeds limits.max_event_bytes={max_bytes}",
+                        readable=raw[:65536])
     try:
         return _to_event(_decoder.decode(raw), raw)
     except msgspec.ValidationError as exc:
@@ -235,19 +251,19 @@ def decode(raw: bytes, max_bytes: int = 1_048_576) -> Event | DecodeError:
         # message (`[1, 2` fails as "Expected `object`"): a schema matter only if it is JSON.
         syntax = _syntax_error(raw)
         if syntax is not None:
-            return DecodeError(raw, DeadLetterReason.INVALID_JSON, syntax, _readable_variant(raw))
-        return DecodeError(raw, DeadLetterReason.SCHEMA, str(exc), _readable_variant(raw))
+            return _failure(raw, DeadLetterReason.INVALID_JSON, syntax)
+        return _failure(raw, DeadLetterReason.SCHEMA, str(exc))
     except SchemaViolation as exc:
-        return DecodeError(raw, DeadLetterReason.SCHEMA, str(exc), _readable_variant(raw))
+        return _failure(raw, DeadLetterReason.SCHEMA, str(exc))
     except UnicodeDecodeError as exc:  # msgspec raises it, not DecodeError, for bad UTF-8 in a string
-        return DecodeError(raw, DeadLetterReason.INVALID_JSON, f"not UTF-8: {exc}", _readable_variant(raw))
+        return _failure(raw, DeadLetterReason.INVALID_JSON, f"not UTF-8: {exc}")
     except msgspec.DecodeError as exc:
         reason = DeadLetterReason.INVALID_JSON
         detail = str(exc)
         # Valid JSON that msgspec refuses (e.g. numbers beyond float range) is a schema matter.
         if "out of range" in detail:
             reason = DeadLetterReason.SCHEMA
-        return DecodeError(raw, reason, detail, _readable_variant(raw))
+        return _failure(raw, reason, detail)
 
 
 def decode_batch(lines: list[bytes], max_bytes: int = 1_048_576) -> list[Event | DecodeError]:

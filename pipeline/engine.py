@@ -86,7 +86,8 @@ class StickyTracker:
         """Fold a closing window's keys into the horizon record."""
         for variant, keys in self.open.pop(wid, {}).items():
             last = self.last[variant]
-            for key in keys:
+            # past the bound, which keys stay tracked must not depend on set order
+            for key in keys if len(last) + len(keys) <= self.cap else sorted(keys):
                 if key in last or len(last) < self.cap:
                     last[key] = wid
                 else:
@@ -131,7 +132,7 @@ class Engine:
         self.lateness = cfg.windows.allowed_lateness_s
         self.max_future = cfg.windows.max_future_s
         self.n = cfg.windows.horizon_windows
-        self.caps = LabelCaps(cfg.limits.max_label_values, reserved=(cfg.control, cfg.canary))
+        self.caps = LabelCaps.for_config(cfg)
         self.partitions = set(partitions)
         self.ended: set[str] = set()
         self.part_max: dict[str, float] = {}
@@ -140,6 +141,7 @@ class Engine:
         self.next_close: int | None = None
         self.open: dict[int, WindowStats] = {}
         self.pending: dict[int, list[Event]] = {}  # accepted events not yet folded in
+        self.arrived: list[Event] = []  # the same events in arrival order, for label admission
         self.ids: dict[int, set[str]] = {}
         self.history: deque[tuple[int, ClosedWindow]] = deque()
         self.horizon = WindowStats.new()
@@ -147,10 +149,14 @@ class Engine:
         self.pending_dead: Counter[tuple[str, str]] = Counter()
         self.clean_since: float | None = None
         self.totals: Counter[str] = Counter()
+        # Live idle rule (tick): wall time of each partition's last data, and who is idle.
+        self.last_wall: dict[str, float] = {}
+        self.idle: set[str] = set()
+        self.started_wall: float | None = None
 
     # -- input -----------------------------------------------------------------
     def feed(self, items: Iterable[Event | DecodeError], partition: str = "0",
-             locate: Callable[[int], str] | None = None) -> list[Output]:
+             locate: Callable[[int], str] | None = None, now: float | None = None) -> list[Output]:
         """Process decoded items in delivery order; return dead letters and closed windows.
 
         `locate(i)` names where the i-th item came from (file:line, topic/partition@offset)
@@ -166,12 +172,17 @@ class Engine:
         ids_of = self.ids
         if partition not in self.partitions:
             self.partitions.add(partition)
-        alone = self.partitions - self.ended == {partition}
+        if now is not None:  # live: remember when each partition last delivered
+            self.last_wall[partition] = now
+            self.idle.discard(partition)
+        alone = self.partitions - self.ended - self.idle == {partition}
+        arrived = self.arrived
         events_in = 0
         for i, item in enumerate(items):
             if type(item) is not Event:
-                out.append(self._dead(item.raw, item.reason, item.detail, item.variant,  # type: ignore[union-attr]
-                                      locate(i) if locate else None))
+                bad: DecodeError = item  # type: ignore[assignment]  # narrowed by the exact type test
+                out.append(self._dead(bad.raw, bad.reason, bad.detail, bad.variant,
+                                      source=locate(i) if locate else None, partition=partition, ts=bad.ts))
                 continue
             events_in += 1
             ts = item.ts
@@ -180,14 +191,15 @@ class Engine:
                 out.append(self._dead(
                     item.raw, DeadLetterReason.FUTURE,
                     f"ts {ts:.3f} is more than {max_future} s ahead of the largest event time "
-                    f"seen ({top:.3f})", item.variant, locate(i) if locate else None))
+                    f"seen ({top:.3f})", item.variant, source=locate(i) if locate else None,
+                    partition=partition, ts=ts))
                 continue
             wid = int(ts // size)
             if (wid + 1) * size <= self.watermark:
                 out.append(self._dead(
                     item.raw, DeadLetterReason.LATE,
                     f"window ending {(wid + 1) * size} already closed (watermark {self.watermark:.3f})",
-                    item.variant, locate(i) if locate else None))
+                    item.variant, source=locate(i) if locate else None, partition=partition, ts=ts))
                 continue
             batch = pending.get(wid)
             if batch is None:
@@ -204,6 +216,7 @@ class Engine:
                 else:
                     self.totals["dedupe_overflow"] += 1
             batch.append(item)
+            arrived.append(item)
             if top is None or ts > top:
                 self.max_seen = ts
             prev = part_max.get(partition)
@@ -220,8 +233,8 @@ class Engine:
         self._fold_pending()
         return out
 
-    def _open(self, wid: int) -> list[Event]:
-        """Start window `wid` (events are buffered per window and folded in per batch)."""
+    def _window(self, wid: int) -> WindowStats:
+        """Window `wid`, opened if need be (it must not have closed)."""
         window = self.open.get(wid)
         if window is None:
             window = self.open[wid] = WindowStats.new()
@@ -231,12 +244,25 @@ class Engine:
                 self.pending_dead.clear()
         if self.next_close is None or wid < self.next_close:
             self.next_close = wid
+        return window
+
+    def _open(self, wid: int) -> list[Event]:
+        """Start buffering events of window `wid` (folded in once per batch)."""
+        self._window(wid)
         batch: list[Event] = []
         self.pending[wid] = batch
         return batch
 
     def _fold_pending(self, wid: int | None = None) -> None:
-        """Aggregate buffered events into their windows (all, or one about to close)."""
+        """Aggregate buffered events into their windows (all, or one about to close).
+
+        Label values are admitted to the caps first, over everything that has
+        arrived, in arrival order, so which values keep their own label does
+        not depend on batch sizes or on which window folds first.
+        """
+        if self.arrived:
+            self.caps.admit_all(self.arrived)
+            self.arrived.clear()
         wids = list(self.pending) if wid is None else [wid] if wid in self.pending else []
         for w in wids:
             batch = self.pending.pop(w)
@@ -250,9 +276,26 @@ class Engine:
         self.ended.add(partition)
         return self._advance()
 
-    def advance_to(self, watermark: float) -> list[Output]:
-        """Move the watermark forward from outside (live idle rule); never backward."""
-        return self._close_through(watermark)
+    def tick(self, now: float) -> list[Output]:
+        """Live Kafka only: apply the idle rule at wall time `now` (seconds since the epoch).
+
+        A partition silent for `idle_close_s` stops holding the watermark back;
+        when every partition is silent that long, event time follows the wall
+        clock from the last event on, so windows keep closing.
+        """
+        if self.started_wall is None:
+            self.started_wall = now
+        idle_s = self.cfg.windows.idle_close_s
+        live = self.partitions - self.ended
+        self.idle = {p for p in live if now - self.last_wall.get(p, self.started_wall) >= idle_s}
+        if not live:
+            return []
+        if live <= self.idle:
+            if self.max_seen is None:
+                return []
+            last = max(self.last_wall.values(), default=self.started_wall)
+            return self._close_through(self.max_seen - self.lateness + (now - last))
+        return self._advance()
 
     def close(self) -> list[Output]:
         """End of input: close every open window, through the last event's."""
@@ -269,7 +312,7 @@ class Engine:
 
     # -- clock -----------------------------------------------------------------
     def _advance(self) -> list[Output]:
-        live = self.partitions - self.ended
+        live = self.partitions - self.ended - self.idle
         if not live:
             return []  # all ended: close() decides what is left
         if len(live) == 1:
@@ -296,20 +339,28 @@ class Engine:
             self.next_close += 1
         return out
 
-    def _dead(self, raw: bytes, reason: DeadLetterReason, detail: str, variant: str | None,
-              source: str | None) -> DeadLetter:
+    def _dead(self, raw: bytes, reason: DeadLetterReason, detail: str, variant: str | None, *,
+              source: str | None, partition: str, ts: float | None = None) -> DeadLetter:
+        """Count a dead letter in a window and return it for the dead-letter output.
+
+        It counts in the window of its own event time when that can be read and
+        the window is still open (so the count does not depend on how
+        partitions interleave), else in the window its partition has reached.
+        """
         label = self.caps.admit("variant", variant) if variant else ""
         key = (label or "", str(reason))
         self.totals[f"dead_{reason}"] += 1
-        if self.max_seen is None:
+        anchor = self.part_max.get(partition, self.max_seen)
+        if anchor is None:
             self.pending_dead[key] += 1
-        else:
-            wid = int(self.max_seen // self.size)
-            window = self.open.get(wid)
-            if window is None:
-                window = self.open[wid] = WindowStats.new()
-                self.ids[wid] = set()
-            window.c["dead"][key] += 1
+            return DeadLetter(raw, reason, detail, variant, source)
+        wid = int(anchor // self.size)
+        if ts is not None and self.max_seen is not None:
+            # its own window, but never one past the last event's: that one may never close
+            wid = min(int(ts // self.size), int(self.max_seen // self.size))
+        if self.watermark > -math.inf:
+            wid = max(wid, int(self.watermark // self.size))  # never a window that has closed
+        self._window(wid).c["dead"][key] += 1
         return DeadLetter(raw, reason, detail, variant, source)
 
     def _close(self, wid: int) -> Report:
@@ -346,7 +397,8 @@ class Engine:
             horizon_counts={f: dict(c) for f, c in self.horizon.c.items()
                             if f in ("user", "errors", "x_warm", "probes", "events")},
             watermark=self.watermark,
-            totals=dict(self.totals),
+            totals={**self.totals, **{f"labels_{k}": len(v) for k, v in self.caps.kinds.items()},
+                    **{f"overflow_{k}": 1 for k in self.caps.folded}},
         )
 
     def _quantiles(self) -> dict[tuple[str, str, str, str, float], float]:

@@ -10,8 +10,9 @@ worker.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import bytewax.operators as op
@@ -27,6 +28,7 @@ from pipeline.io.chunk import Chunk
 from pipeline.model import DecodeError, Event
 
 STREAM_KEY = "stream"
+TICK_S = 1.0  # how often a live run checks the idle rule
 
 
 @dataclass
@@ -53,19 +55,23 @@ class StageControl:
     """The stage the operator wants now (changed on SIGHUP); read by the judge."""
 
     stage: str
+    base: dict[str, Any] = field(default_factory=dict)  # settings at start-up, to name what SIGHUP ignores
 
 
 class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
     """Feeds decoded chunks to the Engine; closes every window at end of input."""
 
-    def __init__(self, engine: Engine, control: StageControl | None) -> None:
+    def __init__(self, engine: Engine, control: StageControl | None,
+                 clock: Callable[[], float] | None) -> None:
         self.engine = engine
         self.control = control
+        self.clock = clock  # set only for live sources: wall time drives the idle rule
 
     def on_item(self, value: Decoded) -> tuple[Iterable[Output], bool]:
         if self.control is not None and self.control.stage != self.engine.cfg.stage:
             self.engine.set_stage(self.control.stage)
-        out = self.engine.feed(value.items, value.partition, value.chunk.locate)
+        now = self.clock() if self.clock is not None else None
+        out = self.engine.feed(value.items, value.partition, value.chunk.locate, now)
         if value.chunk.last:
             out.extend(self.engine.end_partition(value.partition))
         return out, False
@@ -73,12 +79,22 @@ class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
     def on_eof(self) -> tuple[Iterable[Output], bool]:
         return self.engine.close(), False
 
+    def notify_at(self) -> datetime | None:
+        if self.clock is None:
+            return None
+        return datetime.fromtimestamp(self.clock() + TICK_S, tz=UTC)
+
+    def on_notify(self) -> tuple[Iterable[Output], bool]:
+        assert self.clock is not None
+        return self.engine.tick(self.clock()), False
+
     def snapshot(self) -> Engine:
         return self.engine
 
 
-def build_flow(cfg: Config, source: Source[Chunk], sinks: Sinks,
-               partitions: Iterable[str] = ("0",), control: StageControl | None = None) -> Dataflow:
+def build_flow(cfg: Config, source: Source[Chunk], sinks: Sinks, *,
+               partitions: Iterable[str] = ("0",), control: StageControl | None = None,
+               clock: Callable[[], float] | None = None) -> Dataflow:
     """The canary-gate dataflow over any chunk source and any sinks."""
     max_bytes = cfg.limits.max_event_bytes
     parts = tuple(partitions)
@@ -87,7 +103,7 @@ def build_flow(cfg: Config, source: Source[Chunk], sinks: Sinks,
         return Decoded(chunk.partition, decode_batch(chunk.lines, max_bytes), chunk)
 
     def build(resume: Engine | None) -> _JudgeLogic:
-        return _JudgeLogic(resume if resume is not None else Engine(cfg, parts), control)
+        return _JudgeLogic(resume if resume is not None else Engine(cfg, parts), control, clock)
 
     flow = Dataflow("canary_gate")
     chunks = op.input("source", flow, source)

@@ -21,7 +21,7 @@ from pipeline.model import (
     GateStatus,
     stage_rank,
 )
-from pipeline.stats import WindowStats
+from pipeline.stats import OTHER, WindowStats
 
 # Gate -> first stage at which its failure is a hard stop (None: never stops).
 STOP_FROM: dict[str, str | None] = {
@@ -232,6 +232,8 @@ class _Judge:
         topics: dict[str, Counter[float]] = defaultdict(Counter)
         control_n = 0
         for (v, topic, value), count in self.h.c["coverage"].items():
+            if topic == OTHER:
+                continue  # topics past the label cap, pooled: no single topic to judge
             if v == self.canary:
                 topics[topic][value] += count
             elif v == self.control:
@@ -278,7 +280,8 @@ class _Judge:
         seen = self.per_variant("prefixes")
         n, kn = seen[self.canary], seen[self.control]
         problems = []
-        shared = sorted(mine & theirs)
+        # "other" pools values past the label cap: it names no prefix, so it proves no collision.
+        shared = sorted((mine & theirs) - {OTHER})
         if shared:
             problems.append(f"prefix {', '.join(map(repr, shared))} used by both variants")
         control_cfg = self.cfg.spec(self.control).cache_prefix
@@ -297,7 +300,7 @@ class _Judge:
                                                               self.control: defaultdict(set)}
         counts: Counter[str] = Counter()
         for (v, q, para, _seed, state), count in self.h.c["lam"].items():
-            if v in states:
+            if v in states and q != OTHER:  # pooled questions past the cap cannot be told apart
                 states[v][(q, para)].add(state)
                 counts[v] += count
         canary, control = states[self.canary], states[self.control]

@@ -120,6 +120,7 @@ class DecodeError:
     reason: DeadLetterReason
     detail: str
     variant: str | None = None
+    ts: float | None = None  # event time, when still readable (places it in its own window)
 
 
 @dataclass(frozen=True, slots=True)

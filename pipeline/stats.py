@@ -26,6 +26,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from pipeline.config import Config
 from pipeline.model import Event
 from pipeline.sketch import PackedSketches, Sketch
 
@@ -60,20 +61,47 @@ LatencyKey = tuple[str, str, bool]  # variant, region, cold
 _SIGNATURE = attrgetter("variant", "region", "x_warm", "probe_question", "status", "failure_phase",
                         "has_retrieval", "index_hash", "metric", "analyzer", "cache_prefix", "cache_hit")
 _LATENCY_KEY = attrgetter("variant", "region", "cold_start")
+_ADMITTED = (
+    ("variant", attrgetter("variant")), ("region", attrgetter("region")),
+    ("index_hash", attrgetter("index_hash")), ("metric", attrgetter("metric")),
+    ("analyzer", attrgetter("analyzer")), ("prefix", attrgetter("cache_prefix")),
+    ("topic", attrgetter("probe_topic")), ("question", attrgetter("probe_question")),
+)
 _LATENCIES = attrgetter("tffb", "tusable", "tfinal")
 
 
 class LabelCaps:
     """Caps the distinct values kept per event-derived label; the rest become "other"."""
 
-    def __init__(self, limit: int, reserved: tuple[str, ...] = ()) -> None:
+    def __init__(self, limit: int, reserved: dict[str, list[str]] | None = None) -> None:
         self.limit = limit
         self.kinds: dict[str, dict[str, str]] = {}
         self.folded: Counter[str] = Counter()
         self.variants = self.kinds["variant"] = {}
         self.regions = self.kinds["region"] = {}
-        for value in reserved:
-            self.admit("variant", value)
+        # Values the config names always keep their own label, however many others come first.
+        for kind, values in (reserved or {}).items():
+            seen = self.kinds.setdefault(kind, {})
+            for value in values:
+                seen[value] = value
+
+    @classmethod
+    def for_config(cls, cfg: Config) -> LabelCaps:
+        """Caps at limits.max_label_values with the config's own names reserved."""
+        reserved: dict[str, list[str]] = {"variant": [cfg.control, cfg.canary]}
+        for spec in cfg.variants.values():
+            for kind, value in (("index_hash", spec.index_hash), ("metric", spec.metric),
+                                ("analyzer", spec.analyzer), ("prefix", spec.cache_prefix)):
+                if value:
+                    reserved.setdefault(kind, []).append(value)
+        return cls(cfg.limits.max_label_values, reserved)
+
+    def admit_all(self, events: list[Event]) -> None:
+        """Admit every label value of `events` in order of first appearance."""
+        for kind, getter in _ADMITTED:
+            for value in dict.fromkeys(map(getter, events)):
+                if value is not None:
+                    self.admit(kind, value, QUESTION_CAP if kind == "question" else None)
 
     @overload
     def admit(self, kind: str, value: str, limit: int | None = None) -> str: ...

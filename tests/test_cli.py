@@ -160,3 +160,24 @@ def test_sighup_rereads_the_stage(tmp_path: Path) -> None:
     stages = [v["stage"] for v in after]
     assert stages[: len(before)] == ["50%"] * len(before)
     assert stages[-1] == "100%" and stages == sorted(stages, key=lambda s: s != "50%")
+
+
+def test_runtime_failure_is_one_line_exit_1() -> None:
+    res = _cli("run", "--config", "examples/rollout.toml", "--source", "examples/telemetry.jsonl.gz",
+               "--verdicts", "/dev/full")
+    assert res.returncode == 1
+    err = res.stderr.decode().strip().splitlines()
+    assert err == ["canary-gate: run failed: OSError: [Errno 28] No space left on device"]
+
+
+def test_unwritable_outputs_and_bad_gzip_exit_2(tmp_path: Path, config_file: Path) -> None:
+    bad_gz = tmp_path / "x.jsonl.gz"
+    bad_gz.write_bytes(b"not gzip at all")
+    res = _cli("run", "--config", str(config_file), "--source", str(bad_gz))
+    assert res.returncode == 2 and b"not a gzip file" in res.stderr
+    res = _cli("run", "--config", str(config_file), "--source", "examples/telemetry.jsonl.gz",
+               "--verdicts", str(tmp_path))
+    assert res.returncode == 2 and b"is a directory" in res.stderr
+    (tmp_path / "file").write_text("")
+    res = _cli("replay", "--config", str(config_file), str(bad_gz), "--out", str(tmp_path / "file"))
+    assert res.returncode in (1, 2) and len(res.stderr.decode().strip().splitlines()) == 1

@@ -205,3 +205,37 @@ def test_report_carries_horizon_quantiles() -> None:
     report = _reports(eng.close())[0]
     q = report.quantiles[("control", "us-east", "warm", "tfinal", 0.5)]
     assert abs(q - 1024.5) <= 0.01 * 1024.5
+
+
+def test_dead_letter_ahead_of_the_last_event_still_counts() -> None:
+    eng = Engine(make_config(stage="shadow"))
+    outs = eng.feed([make_event(ts=BASE_TS + t, variant="canary-v2") for t in range(0, 96, 5)])
+    bad = DecodeError(b'{"variant":"canary-v2"}', DeadLetterReason.SCHEMA, "x", "canary-v2", BASE_TS + 200)
+    outs += eng.feed([bad]) + eng.close()
+    last = _reports(outs)[-1].verdict
+    assert last.gate_status("schema_violations") == "fail"
+    assert eng.open == {}
+
+
+def test_configured_values_keep_their_label_past_the_cap() -> None:
+    eng = Engine(make_config("[limits]\nmax_label_values = 8\n", stage="shadow"))
+    flood = [make_event(ts=BASE_TS + i * 0.1, variant="canary-v3", index_hash=f"0x{i:04x}")
+             for i in range(70)]
+    eng.feed([*flood, make_event(ts=BASE_TS + 8, variant="canary-v2")])
+    last = _reports(eng.close())[-1].verdict
+    assert last.gate_status("index_skew") == "pass", last.reasons
+
+
+def test_label_admission_does_not_depend_on_batch_size() -> None:
+    def run(batch: int) -> list[dict]:
+        eng = Engine(make_config("[limits]\nmax_label_values = 3\n"))
+        evs = [make_event(ts=BASE_TS + 310, variant="canary-v2", region="a"),
+               make_event(ts=BASE_TS + 250, variant="canary-v2", region="b"),
+               make_event(ts=BASE_TS + 315, variant="canary-v2", region="c")]
+        evs = [make_event(ts=BASE_TS + 240), *evs]
+        outs = []
+        for i in range(0, len(evs), batch):
+            outs += eng.feed(evs[i : i + batch])
+        return [r.verdict.to_record() for r in _reports(outs + eng.close())]
+
+    assert run(1) == run(2) == run(10)

@@ -33,7 +33,7 @@ class Horizon:
 
     def __init__(self) -> None:
         self.h = WindowStats.new()
-        self.caps = LabelCaps(64, (CONTROL, CANARY))
+        self.caps = LabelCaps(64, {"variant": [CONTROL, CANARY]})
 
     def users(self, n: int, **kw: Any) -> Horizon:
         """n user requests (warm, status 200, control unless `variant` says otherwise)."""

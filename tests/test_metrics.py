@@ -80,3 +80,17 @@ def test_http_endpoint_serves_the_collector() -> None:
         body = resp.read().decode()
     assert 'canary_gate_decision{decision="' in body
     assert "canary_gate_latency_seconds{" in body
+
+
+def test_dedupe_overflow_and_label_folds_are_published() -> None:
+    engine = Engine(make_config("[limits]\ndedupe_max_ids = 1\nmax_label_values = 3\n"))
+    events = [make_event(ts=BASE_TS + i, request_id=f"r{i}", region=f"r-{i}") for i in range(10)]
+    collector = CanaryCollector(clock=lambda: BASE_TS)
+    for out in engine.feed(events) + engine.close():
+        collector.observe(out)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    assert registry.get_sample_value("canary_gate_dedupe_overflow_total") == 9
+    assert registry.get_sample_value("canary_gate_label_values", {"label": "region"}) == 3
+    assert registry.get_sample_value("canary_gate_label_overflow", {"label": "region"}) == 1
+    assert registry.get_sample_value("canary_gate_label_overflow", {"label": "variant"}) == 0

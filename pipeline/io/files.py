@@ -135,7 +135,12 @@ class _LinePartition(StatefulSinkPartition[Any, None]):
     def __init__(self, path: str, render: Any) -> None:
         self.render = render
         self.stdout = path == "-"
-        self.stream: IO[bytes] = sys.stdout.buffer if self.stdout else open(path, "wb")  # noqa: SIM115
+        if self.stdout:
+            self.stream: IO[bytes] = sys.stdout.buffer
+        elif path.endswith(".gz"):
+            self.stream = gzip.open(path, "wb", compresslevel=6)  # type: ignore[assignment]  # noqa: SIM115
+        else:
+            self.stream = open(path, "wb")  # noqa: SIM115 - closed in close()
 
     def write_batch(self, values: list[Any]) -> None:
         self.stream.write(b"".join(self.render(v) for v in values))

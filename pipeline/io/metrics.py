@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from pipeline.engine import Report
+from pipeline.io.kafka import SourceHealth
 from pipeline.model import DeadLetter, Decision, GateStatus, Verdict
 
 PREFIX = "canary_gate"
@@ -29,8 +30,9 @@ PREFIX = "canary_gate"
 class CanaryCollector(Collector):
     """Holds what the last window closes said; renders it as metric families."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, health: SourceHealth | None = None) -> None:
         self.clock = clock
+        self.health = health
         self.lock = threading.Lock()
         self.verdict: Verdict | None = None
         self.quantiles: dict[tuple[str, str, str, str, float], float] = {}
@@ -42,6 +44,9 @@ class CanaryCollector(Collector):
         self.dropped: Counter[str] = Counter()
         self.events = 0
         self.verdicts = 0
+        self.dedupe_overflow = 0
+        self.labels: dict[str, int] = {}
+        self.overflow: set[str] = set()
         self.dead_letters: Counter[str] = Counter()
 
     def observe(self, item: Report | DeadLetter) -> None:
@@ -56,6 +61,9 @@ class CanaryCollector(Collector):
             self.quantiles = item.quantiles
             self.watermark = item.watermark
             self.events = item.totals.get("events_in", 0)
+            self.dedupe_overflow = item.totals.get("dedupe_overflow", 0)
+            self.labels = {k[len("labels_"):]: n for k, n in item.totals.items() if k.startswith("labels_")}
+            self.overflow = {k[len("overflow_"):] for k in item.totals if k.startswith("overflow_")}
             window = item.window
             if window is None:
                 return
@@ -139,8 +147,22 @@ class CanaryCollector(Collector):
         events.add_metric([], float(self.events))
         verdicts = CounterMetricFamily(f"{PREFIX}_verdicts", "Verdicts published.")
         verdicts.add_metric([], float(self.verdicts))
+        overflow = CounterMetricFamily(
+            f"{PREFIX}_dedupe_overflow", "Request ids not remembered: limits.dedupe_max_ids reached.")
+        overflow.add_metric([], float(self.dedupe_overflow))
         yield events
         yield verdicts
+        yield overflow
+        kept = GaugeMetricFamily(f"{PREFIX}_label_values", "Distinct values kept per event-derived label.",
+                                 labels=["label"])
+        full = GaugeMetricFamily(f"{PREFIX}_label_overflow",
+                                 "1 once a label reached limits.max_label_values and folds into 'other'.",
+                                 labels=["label"])
+        for label, n in sorted(self.labels.items()):
+            kept.add_metric([label], float(n))
+            full.add_metric([label], 1.0 if label in self.overflow else 0.0)
+        yield kept
+        yield full
         if self.watermark is not None:
             wm = GaugeMetricFamily(f"{PREFIX}_watermark_timestamp_seconds",
                                    "Stream-wide event-time watermark.")
@@ -150,6 +172,18 @@ class CanaryCollector(Collector):
             lag.add_metric([], self.clock() - self.watermark)
             yield wm
             yield lag
+        if self.health is not None and self.health.consumed:
+            with self.health.lock:
+                consumed = dict(self.health.consumed)
+                lags = dict(self.health.lag)
+            yield _counter("partition_events_consumed", "Messages consumed per source partition.",
+                           ["partition"], {(p,): n for p, n in consumed.items()})
+            behind = GaugeMetricFamily(f"{PREFIX}_partition_lag_messages",
+                                       "Messages not yet consumed per source partition.",
+                                       labels=["partition"])
+            for p, n in sorted(lags.items()):
+                behind.add_metric([p], float(n))
+            yield behind
 
 
 def _counter(name: str, doc: str, labels: list[str], values: Any) -> CounterMetricFamily:

@@ -1,0 +1,332 @@
+"""Kafka telemetry source, verdict and dead-letter sinks, and set-up checks.
+
+The source reads every partition of a topic through Bytewax's `KafkaSource`
+(confluent-kafka underneath: static assignment, no consumer group, offsets
+live in recovery snapshots) and hands the dataflow `Chunk`s.  With
+`until_end` each partition stops at the end offset it had at start-up, so a
+backfill, a test or a benchmark ends by itself.
+
+The sinks use confluent-kafka's Producer directly (Bytewax's `KafkaSink`
+reports no delivery failures): every batch is flushed and a failed delivery
+fails the run, so nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from pipeline.engine import Report
+from pipeline.io.chunk import Chunk
+from pipeline.model import DeadLetter
+
+TELEMETRY_TOPIC = "telemetry"
+DEAD_LETTER_TOPIC = "telemetry.dlq"
+VERDICT_TOPIC = "canary.verdicts"
+_URL = re.compile(r"kafka://(?P<bootstrap>[^/\s]+)(?:/(?P<topic>[A-Za-z0-9._-]*))?")
+_quiet = logging.getLogger("canary_gate.kafka")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+Headers = list[tuple[str, str | bytes | None]]
+Message = tuple[bytes | None, bytes, Headers]  # key, value, headers
+
+
+class KafkaSetupError(Exception):
+    """Kafka cannot be used as asked (bad URL, unreachable broker, missing topic); one line."""
+
+
+@dataclass(frozen=True)
+class KafkaUrl:
+    """kafka://HOST:PORT[,HOST:PORT]/TOPIC."""
+
+    bootstrap: str
+    topic: str
+
+    def __str__(self) -> str:
+        return f"kafka://{self.bootstrap}/{self.topic}"
+
+
+def is_kafka(target: str | None) -> bool:
+    """Whether a --source / --verdicts / --dead-letters value names Kafka."""
+    return bool(target) and str(target).startswith("kafka://")
+
+
+def parse_url(url: str, default_topic: str | None = None) -> KafkaUrl:
+    """Parse kafka://HOST:PORT/TOPIC (the topic may be left to `default_topic`)."""
+    m = _URL.fullmatch(url)
+    topic = (m["topic"] or default_topic) if m else None
+    if not m or not topic:
+        raise KafkaSetupError(f"{url!r} is not kafka://HOST:PORT/TOPIC (topic: letters, digits, . _ -)")
+    return KafkaUrl(m["bootstrap"], topic)
+
+
+def load_client_config(path: str | None) -> dict[str, str]:
+    """librdkafka settings from a properties file (key=value, # comments), e.g. SASL/TLS."""
+    if path is None:
+        return {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KafkaSetupError(f"--kafka-config {path}: {exc.strerror or exc}") from None
+    out: dict[str, str] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise KafkaSetupError(f"--kafka-config {path}:{n}: expected key=value, got {line!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _client_config(url: KafkaUrl, extra: dict[str, str]) -> dict[str, Any]:
+    return {"bootstrap.servers": url.bootstrap, **extra, "logger": _quiet}
+
+
+def partitions(url: KafkaUrl, extra: dict[str, str], timeout: float = 10.0) -> list[int]:
+    """Partition ids of the topic; KafkaSetupError if unreachable or missing (never hangs)."""
+    admin = AdminClient(_client_config(url, extra))
+    try:
+        meta = admin.list_topics(url.topic, timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaSetupError(f"Kafka broker {url.bootstrap} unreachable: {exc.args[0].str()}") from None
+    topic = meta.topics.get(url.topic)
+    if topic is None or topic.error is not None or not topic.partitions:
+        raise KafkaSetupError(f"Kafka topic {url.topic!r} does not exist on {url.bootstrap}")
+    return sorted(topic.partitions)
+
+
+def ensure_topic(url: KafkaUrl, extra: dict[str, str], num_partitions: int = 1,
+                 timeout: float = 10.0) -> None:
+    """Create the topic if it is missing (for outputs and the generator)."""
+    try:
+        partitions(url, extra, timeout)
+        return
+    except KafkaSetupError as exc:
+        if "does not exist" not in str(exc):
+            raise
+    admin = AdminClient(_client_config(url, extra))
+    future = admin.create_topics([NewTopic(url.topic, num_partitions, 1)])[url.topic]
+    try:
+        future.result(timeout=timeout)
+    except KafkaException as exc:
+        if "TOPIC_ALREADY_EXISTS" not in str(exc):
+            raise KafkaSetupError(f"cannot create Kafka topic {url.topic!r}: {exc.args[0].str()}") from None
+
+
+def end_offsets(url: KafkaUrl, extra: dict[str, str], timeout: float = 10.0) -> dict[int, int]:
+    """High watermark of each partition now (what --until-end reads up to)."""
+    consumer = Consumer({**_client_config(url, extra), "group.id": "canary-gate-offsets",
+                         "enable.auto.commit": "false"})
+    try:
+        return {p: consumer.get_watermark_offsets(TopicPartition(url.topic, p), timeout=timeout)[1]
+                for p in partitions(url, extra, timeout)}
+    finally:
+        consumer.close()
+
+
+@dataclass
+class SourceHealth:
+    """Per-partition consumption counters, shared with the metrics collector."""
+
+    consumed: Counter[str] = field(default_factory=Counter)
+    lag: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def note(self, partition: str, n: int, lag: int | None) -> None:
+        """n messages consumed from `partition`; `lag` messages left behind it."""
+        with self.lock:
+            self.consumed[partition] += n
+            if lag is not None:
+                self.lag[partition] = lag
+
+
+class _TelemetryPartition(StatefulSourcePartition[Chunk, int | None]):
+    def __init__(self, inner: StatefulSourcePartition[Any, int | None], topic: str, index: int,
+                 stop_at: int | None, health: SourceHealth | None) -> None:
+        self.inner = inner
+        self.topic = topic
+        self.index = index
+        self.name = f"{topic}/{index}"
+        self.stop_at = stop_at
+        self.health = health
+        self.done = False
+        self.next_offset: int | None = None
+        self.last_lag_check = 0.0
+
+    def _lag(self) -> int | None:
+        now = time.monotonic()
+        if now - self.last_lag_check < 1.0:
+            return None
+        self.last_lag_check = now
+        consumer = getattr(self.inner, "_consumer", None)
+        if consumer is None or self.next_offset is None:
+            return None
+        try:
+            high = consumer.get_watermark_offsets(TopicPartition(self.topic, self.index), cached=True)[1]
+        except KafkaException:
+            return None
+        return max(0, high - self.next_offset) if high >= 0 else None
+
+    def next_batch(self) -> list[Chunk]:
+        if self.done:
+            raise StopIteration
+        if self.stop_at is not None and self.next_offset is not None and self.next_offset >= self.stop_at:
+            self.done = True
+            return [Chunk(str(self.index), [], self.name, 0, last=True, offsets=[])]
+        try:
+            msgs = self.inner.next_batch()
+        except StopIteration:
+            self.done = True
+            return [Chunk(str(self.index), [], self.name, 0, last=True, offsets=[])]
+        lines: list[bytes] = []
+        offsets: list[int] = []
+        for msg in msgs:
+            if not isinstance(msg, KafkaSourceMessage):  # raise_on_errors=True makes these exceptions
+                continue
+            offset = msg.offset
+            if offset is None:
+                continue
+            if self.stop_at is not None and offset >= self.stop_at:
+                self.done = True
+                break
+            lines.append(msg.value if msg.value is not None else b"")
+            offsets.append(offset)
+        if offsets:
+            self.next_offset = offsets[-1] + 1
+        if self.stop_at is not None and self.next_offset is not None and self.next_offset >= self.stop_at:
+            self.done = True
+        if self.health is not None and (lines or self.done):
+            self.health.note(str(self.index), len(lines), 0 if self.done else self._lag())
+        if not lines and not self.done:
+            return []
+        return [Chunk(str(self.index), lines, self.name, 0, last=self.done, offsets=offsets)]
+
+    def next_awake(self) -> Any:
+        return None
+
+    def snapshot(self) -> int | None:
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class KafkaTelemetrySource(FixedPartitionedSource[Chunk, int | None]):
+    """Every partition of one topic, as Chunks; optionally up to the start-up end offsets."""
+
+    def __init__(self, url: KafkaUrl, extra: dict[str, str], *, starting: str = "earliest",
+                 batch_size: int = 1000, stop_at: dict[int, int] | None = None,
+                 health: SourceHealth | None = None) -> None:
+        if starting not in ("earliest", "latest"):
+            raise KafkaSetupError(f"starting offset must be earliest or latest, got {starting!r}")
+        self.url = url
+        self.stop_at = stop_at
+        self.health = health
+        self.inner = KafkaSource(
+            [url.bootstrap], [url.topic], tail=True,
+            starting_offset=OFFSET_BEGINNING if starting == "earliest" else OFFSET_END,
+            add_config=cast(dict[str, str], {**extra, "logger": _quiet}), batch_size=batch_size,
+            raise_on_errors=True)
+
+    def list_parts(self) -> list[str]:
+        return self.inner.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TelemetryPartition:
+        index = int(for_part.split("-", 1)[0])
+        stop = None if self.stop_at is None else self.stop_at.get(index, 0)
+        return _TelemetryPartition(self.inner.build_part(step_id, for_part, resume_state),
+                                   self.url.topic, index, stop, self.health)
+
+    def partition_ids(self) -> list[str]:
+        """The engine's partition names (one watermark each)."""
+        return [p.split("-", 1)[0] for p in self.list_parts()]
+
+
+class _ProducerPartition(StatelessSinkPartition[Any]):
+    def __init__(self, sink: KafkaProducerSink) -> None:
+        self.sink = sink
+
+    def write_batch(self, items: list[Any]) -> None:
+        self.sink.send(items)
+
+
+class KafkaProducerSink(DynamicSink[Any]):
+    """Produces rendered items to a topic; flushes every batch; a failed delivery fails the run."""
+
+    def __init__(self, url: KafkaUrl, extra: dict[str, str],
+                 render: Callable[[Any], Message],
+                 flush_timeout_s: float = 30.0) -> None:
+        self.url = url
+        self.render = render
+        self.flush_timeout_s = flush_timeout_s
+        self.producer = Producer({**_client_config(url, extra), "enable.idempotence": "true"})
+        self.failures: list[str] = []
+        self.lock = threading.Lock()
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failures.append(str(err))
+
+    def send(self, items: list[Any]) -> None:
+        """Produce and flush; raise if anything was not delivered."""
+        with self.lock:
+            for item in items:
+                value = item[1] if isinstance(item, tuple) else item
+                key, payload, headers = self.render(value)
+                while True:
+                    try:
+                        self.producer.produce(self.url.topic, value=payload, key=key, headers=headers,
+                                              on_delivery=self._delivered)
+                        break
+                    except BufferError:  # local queue full: let deliveries drain
+                        self.producer.poll(0.1)
+            left = self.producer.flush(self.flush_timeout_s)
+            if left or self.failures:
+                reason = self.failures[0] if self.failures else f"{left} messages still queued"
+                raise RuntimeError(f"delivery to Kafka topic {self.url.topic!r} failed: {reason}")
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPartition:
+        return _ProducerPartition(self)
+
+
+def render_verdict(rollout: str) -> Callable[[Report], Message]:
+    """Verdict message: key = rollout name, value = the SPEC section 4 JSON."""
+    key = rollout.encode()
+
+    def render(report: Report) -> Message:
+        return key, orjson.dumps(report.verdict.to_record()), []
+
+    return render
+
+
+def render_dead_letter(dead: DeadLetter) -> Message:
+    """Dead-letter message: the original bytes, with reason and origin as headers."""
+    headers: Headers = [("reason", str(dead.reason).encode()), ("detail", dead.detail.encode()[:1024])]
+    if dead.variant:
+        headers.append(("variant", dead.variant.encode()[:256]))
+    if dead.source:
+        m = re.fullmatch(r"(?P<topic>[A-Za-z0-9._-]+)/(?P<partition>\d+)@(?P<offset>\d+)", dead.source)
+        if m:
+            headers += [("source_topic", m["topic"].encode()), ("source_partition", m["partition"].encode()),
+                        ("source_offset", m["offset"].encode())]
+        else:
+            headers.append(("source", dead.source.encode()))
+    return None, dead.raw, headers
