@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv system-deps example test lint typecheck unit bench lock clean
+.PHONY: venv system-deps kafka-jars kafka-start kafka-stop demo example test lint typecheck unit bench lock clean
 
 venv: $(STAMP)
 
@@ -26,8 +26,23 @@ example: venv
 system-deps:
 	bash scripts/install-system-deps.sh
 
+# Apache Kafka broker jars from Maven Central (cached in ~/.m2 and kafka-broker/libs).
+kafka-jars: system-deps
+	mvn -q -B -f kafka-broker/pom.xml package
+
+# A local single-node broker on 127.0.0.1:9092 (reused if running); prints its address.
+kafka-start: kafka-jars
+	@python3 kafka-broker/broker.py start
+
+kafka-stop:
+	@python3 kafka-broker/broker.py stop
+
+# Broker + generator (healthy, then a us-east regression) + pipeline with board and /metrics.
+demo: venv system-deps kafka-jars
+	bash scripts/demo.sh
+
 # Second README command: everything CI runs.
-test: venv system-deps lint typecheck unit
+test: venv system-deps kafka-jars lint typecheck unit
 
 lint: venv
 	$(BIN)/ruff check pipeline tests bench

@@ -233,10 +233,11 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
         if kafka.is_kafka(source):
             url = kafka.parse_url(source, kafka.TELEMETRY_TOPIC)
             parts = kafka.partitions(url, extra)
-            stop_at = kafka.end_offsets(url, extra) if opts.until_end else None
-            src: Any = kafka.KafkaTelemetrySource(url, extra, starting=opts.starting_offset,
-                                                  batch_size=opts.batch_size, stop_at=stop_at,
-                                                  health=health)
+            marks = kafka.watermarks(url, extra) if opts.until_end else {}
+            src: Any = kafka.KafkaTelemetrySource(
+                url, extra, starting=opts.starting_offset, batch_size=opts.batch_size,
+                stop_at={p: high for p, (_, high) in marks.items()} if opts.until_end else None,
+                low_offsets={p: low for p, (low, _) in marks.items()}, health=health)
             partition_ids = [str(p) for p in parts]
             clock = None if opts.until_end else time.time
         else:
@@ -279,14 +280,23 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
 
     flow = build_flow(cfg, src, sinks, partitions=partition_ids, control=control, clock=clock)
     started = time.perf_counter()
+    stopped = False
+    previous_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with _without_panic_noise():
             cli_main(flow, workers_per_process=opts.workers)  # type: ignore[no-untyped-call]
+    except KeyboardInterrupt:
+        stopped = True  # Ctrl-C or SIGTERM: a live run ends here; windows still open stay unjudged
     except Exception as exc:  # the dataflow failed; report it in one line
-        if board_sink is not None:
-            board_sink.stop()
-        _say(f"run failed: {_root_cause(exc)}")
-        return 1
+        if _caused_by_interrupt(exc):
+            stopped = True
+        else:
+            if board_sink is not None:
+                board_sink.stop()
+            _say(f"run failed: {_root_cause(exc)}")
+            return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
     if board_sink is not None:
         board_sink.stop()
     elapsed = time.perf_counter() - started
@@ -294,7 +304,8 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
     dead_total = sum(tally.dead.values())
     dead_note = ", ".join(f"{k} {n}" for k, n in sorted(tally.dead.items()))
     _say(
-        f"{tally.events} events in {elapsed:.1f} s ({tally.events / max(elapsed, 1e-9):,.0f}/s), "
+        ("stopped: " if stopped else "")
+        + f"{tally.events} events in {elapsed:.1f} s ({tally.events / max(elapsed, 1e-9):,.0f}/s), "
         f"{tally.verdicts} verdicts"
         + (f", last {last.decision} at {last.to_record()['window_end']}" if last else "")
         + f"; {dead_total} dead letters" + (f" ({dead_note}) -> {opts.dead}" if dead_total else "")
@@ -355,6 +366,19 @@ def _reload_stage(path: str, control: Any) -> Callable[[int, FrameType | None], 
             _say(f"SIGHUP: only the stage is applied while running; restart to apply {', '.join(changed)}")
 
     return handler
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -437,8 +461,7 @@ def _produce(args: argparse.Namespace, lines: Iterator[bytes]) -> int:
         if err is not None:
             failures.append(str(err))
 
-    producer = Producer({"bootstrap.servers": url.bootstrap, **extra, "linger.ms": 20,
-                         "enable.idempotence": "true"})
+    producer = Producer({**kafka.client_config(url, extra), "linger.ms": 20, "enable.idempotence": "true"})
     started = time.monotonic()
     with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=False, disable=not sys.stderr.isatty(),

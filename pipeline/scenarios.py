@@ -157,6 +157,7 @@ class _Faults:
     flip_questions: frozenset[str] = frozenset()
     violation_rate: float = 0.0
     out_of_order: bool = False
+    onset_ms: int = _ONSET_MS  # when the regressions above start
 
 
 def _question_id(topic_index: int, question: int) -> str:
@@ -187,6 +188,16 @@ _CATALOGUE: tuple[tuple[Scenario, _Faults], ...] = (
             15,
         ),
         _Faults(warm_tfinal_factor={"us-east": 1.6}),
+    ),
+    (
+        Scenario(
+            "late_regression",
+            "healthy and promoting for 12 minutes, then canary warm tfinal 1.6x control in us-east",
+            "stop",
+            frozenset({"p95_warm_latency"}),
+            20,
+        ),
+        _Faults(warm_tfinal_factor={"us-east": 1.6}, onset_ms=12 * 60_000),
     ),
     (
         Scenario(
@@ -523,7 +534,7 @@ class _World:
                 if hit:
                     hit_acc -= 1.0
 
-            after_onset = ts_ms >= _ONSET_MS
+            after_onset = ts_ms >= faults.onset_ms
             if after_onset and not cold:
                 tfinal *= tfinal_factor
                 # A slower body drags first usable content along, but less.

@@ -55,3 +55,31 @@ def make_probe(**kw: Any) -> Event:
 @pytest.fixture
 def cfg() -> config_mod.Config:
     return make_config()
+
+
+def _broker_module():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kafka_broker", ROOT / "kafka-broker" / "broker.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real single-node Kafka broker for this test session (fresh log dir, free ports).
+
+    If it cannot start, the tests fail with the broker's log tail; they never skip.
+    """
+    broker_mod = _broker_module()
+    try:
+        broker = broker_mod.start(tmp_path_factory.mktemp("kafka"))
+    except broker_mod.BrokerError as exc:
+        pytest.fail(f"Kafka broker did not start: {exc}", pytrace=False)
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()

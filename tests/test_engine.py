@@ -239,3 +239,24 @@ def test_label_admission_does_not_depend_on_batch_size() -> None:
         return [r.verdict.to_record() for r in _reports(outs + eng.close())]
 
     assert run(1) == run(2) == run(10)
+
+
+def test_live_idle_partition_stops_holding_the_watermark() -> None:
+    eng = Engine(make_config(), partitions=("a", "b"))  # idle_close_s = 90
+    eng.tick(1000.0)
+    eng.feed([make_event(ts=BASE_TS + 5)], partition="b", now=1000.0)
+    assert _reports(eng.feed([make_event(ts=BASE_TS + 200)], partition="a", now=1001.0)) == []
+    assert _reports(eng.tick(1050.0)) == []  # b silent for 50 s: still holds the clock
+    assert _reports(eng.feed([make_event(ts=BASE_TS + 201)], partition="a", now=1090.0)) == []
+    out = _reports(eng.tick(1095.0))  # b silent for 95 s: a alone sets the watermark (171)
+    assert [r.verdict.window_end for r in out] == [BASE_TS + 60, BASE_TS + 120]
+
+
+def test_live_silence_everywhere_advances_event_time_with_the_wall_clock() -> None:
+    eng = Engine(make_config(), partitions=("a",))
+    eng.feed([make_event(ts=BASE_TS + 10)], partition="a", now=1000.0)
+    assert _reports(eng.tick(1080.0)) == []  # not idle yet
+    out = _reports(eng.tick(1100.0))  # idle: watermark = 10 - 30 + 100 = 80
+    assert [r.verdict.window_end for r in out] == [BASE_TS + 60]
+    late = eng.feed([make_event(ts=BASE_TS + 20)], partition="a", now=1101.0)
+    assert [d.reason for d in _dead(late)] == [DeadLetterReason.LATE]

@@ -28,6 +28,7 @@ from pipeline.scenarios import DEFAULT_START, SCENARIOS, Scenario, generate, sce
 NAMES = (
     "healthy",
     "warm_latency_regression",
+    "late_regression",
     "cold_start_regression",
     "new_5xx_class",
     "analyzer_skew",
@@ -329,7 +330,8 @@ def test_faults_leave_the_control_as_in_healthy(name: str) -> None:
     def control(lines: Iterable[bytes]) -> Counter[bytes]:
         return Counter(x for x in lines if b'"variant":"control"' in x)
 
-    assert control(full(name)) == control(full("healthy"))
+    minutes = SCENARIOS["healthy"].min_minutes
+    assert control(generate(name, SEED, minutes)) == control(generate("healthy", SEED, minutes))
 
 
 # --- event validity -------------------------------------------------------

@@ -96,13 +96,14 @@ def load_client_config(path: str | None) -> dict[str, str]:
     return out
 
 
-def _client_config(url: KafkaUrl, extra: dict[str, str]) -> dict[str, Any]:
+def client_config(url: KafkaUrl, extra: dict[str, str]) -> dict[str, Any]:
+    """librdkafka settings for `url`: the bootstrap servers, the user's extras, a quiet logger."""
     return {"bootstrap.servers": url.bootstrap, **extra, "logger": _quiet}
 
 
 def partitions(url: KafkaUrl, extra: dict[str, str], timeout: float = 10.0) -> list[int]:
     """Partition ids of the topic; KafkaSetupError if unreachable or missing (never hangs)."""
-    admin = AdminClient(_client_config(url, extra))
+    admin = AdminClient(client_config(url, extra))
     try:
         meta = admin.list_topics(url.topic, timeout=timeout)
     except KafkaException as exc:
@@ -122,7 +123,7 @@ def ensure_topic(url: KafkaUrl, extra: dict[str, str], num_partitions: int = 1,
     except KafkaSetupError as exc:
         if "does not exist" not in str(exc):
             raise
-    admin = AdminClient(_client_config(url, extra))
+    admin = AdminClient(client_config(url, extra))
     future = admin.create_topics([NewTopic(url.topic, num_partitions, 1)])[url.topic]
     try:
         future.result(timeout=timeout)
@@ -131,12 +132,12 @@ def ensure_topic(url: KafkaUrl, extra: dict[str, str], num_partitions: int = 1,
             raise KafkaSetupError(f"cannot create Kafka topic {url.topic!r}: {exc.args[0].str()}") from None
 
 
-def end_offsets(url: KafkaUrl, extra: dict[str, str], timeout: float = 10.0) -> dict[int, int]:
-    """High watermark of each partition now (what --until-end reads up to)."""
-    consumer = Consumer({**_client_config(url, extra), "group.id": "canary-gate-offsets",
+def watermarks(url: KafkaUrl, extra: dict[str, str], timeout: float = 10.0) -> dict[int, tuple[int, int]]:
+    """(low, high) offsets of each partition now; the highs are what --until-end reads up to."""
+    consumer = Consumer({**client_config(url, extra), "group.id": "canary-gate-offsets",
                          "enable.auto.commit": "false"})
     try:
-        return {p: consumer.get_watermark_offsets(TopicPartition(url.topic, p), timeout=timeout)[1]
+        return {p: consumer.get_watermark_offsets(TopicPartition(url.topic, p), timeout=timeout)
                 for p in partitions(url, extra, timeout)}
     finally:
         consumer.close()
@@ -159,8 +160,8 @@ class SourceHealth:
 
 
 class _TelemetryPartition(StatefulSourcePartition[Chunk, int | None]):
-    def __init__(self, inner: StatefulSourcePartition[Any, int | None], topic: str, index: int,
-                 stop_at: int | None, health: SourceHealth | None) -> None:
+    def __init__(self, inner: StatefulSourcePartition[Any, int | None], topic: str, index: int, *,
+                 stop_at: int | None, health: SourceHealth | None, start: int | None = None) -> None:
         self.inner = inner
         self.topic = topic
         self.index = index
@@ -168,7 +169,7 @@ class _TelemetryPartition(StatefulSourcePartition[Chunk, int | None]):
         self.stop_at = stop_at
         self.health = health
         self.done = False
-        self.next_offset: int | None = None
+        self.next_offset: int | None = start  # where reading starts, when known
         self.last_lag_check = 0.0
 
     def _lag(self) -> int | None:
@@ -234,12 +235,14 @@ class KafkaTelemetrySource(FixedPartitionedSource[Chunk, int | None]):
 
     def __init__(self, url: KafkaUrl, extra: dict[str, str], *, starting: str = "earliest",
                  batch_size: int = 1000, stop_at: dict[int, int] | None = None,
-                 health: SourceHealth | None = None) -> None:
+                 low_offsets: dict[int, int] | None = None, health: SourceHealth | None = None) -> None:
         if starting not in ("earliest", "latest"):
             raise KafkaSetupError(f"starting offset must be earliest or latest, got {starting!r}")
         self.url = url
         self.stop_at = stop_at
         self.health = health
+        self.starting = starting
+        self.low_offsets = low_offsets or {}
         self.inner = KafkaSource(
             [url.bootstrap], [url.topic], tail=True,
             starting_offset=OFFSET_BEGINNING if starting == "earliest" else OFFSET_END,
@@ -252,8 +255,12 @@ class KafkaTelemetrySource(FixedPartitionedSource[Chunk, int | None]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TelemetryPartition:
         index = int(for_part.split("-", 1)[0])
         stop = None if self.stop_at is None else self.stop_at.get(index, 0)
+        start = resume_state
+        if start is None and stop is not None:
+            # Where this partition starts, so an empty range ends at once instead of waiting.
+            start = stop if self.starting == "latest" else self.low_offsets.get(index, 0)
         return _TelemetryPartition(self.inner.build_part(step_id, for_part, resume_state),
-                                   self.url.topic, index, stop, self.health)
+                                   self.url.topic, index, stop_at=stop, health=self.health, start=start)
 
     def partition_ids(self) -> list[str]:
         """The engine's partition names (one watermark each)."""
@@ -277,7 +284,7 @@ class KafkaProducerSink(DynamicSink[Any]):
         self.url = url
         self.render = render
         self.flush_timeout_s = flush_timeout_s
-        self.producer = Producer({**_client_config(url, extra), "enable.idempotence": "true"})
+        self.producer = Producer({**client_config(url, extra), "enable.idempotence": "true"})
         self.failures: list[str] = []
         self.lock = threading.Lock()
 

@@ -2,11 +2,11 @@
 
 Used by the test suite (one fresh broker per session) and by people:
 
-    python3 kafka/broker.py start    # reuses a running one; prints the bootstrap address
-    python3 kafka/broker.py stop
-    python3 kafka/broker.py status
+    python3 kafka-broker/broker.py start    # reuses a running one; prints the bootstrap address
+    python3 kafka-broker/broker.py stop
+    python3 kafka-broker/broker.py status
 
-Jars come from `mvn -f kafka/pom.xml package` into kafka/libs (Maven caches
+Jars come from `mvn -f kafka-broker/pom.xml package` into kafka-broker/libs (Maven caches
 them in ~/.m2). Standard library only, so it runs before any venv exists.
 """
 
