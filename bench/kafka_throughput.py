@@ -47,8 +47,8 @@ def main() -> None:
         broker = broker_mod.start(Path(tmp) / "kafka", heap="1g")
         try:
             topic = "telemetry-bench"
-            AdminClient({"bootstrap.servers": broker.bootstrap}).create_topics(
-                [NewTopic(topic, args.partitions, 1)])[topic].result(timeout=30)
+            admin = AdminClient({"bootstrap.servers": broker.bootstrap})  # must outlive the future
+            admin.create_topics([NewTopic(topic, args.partitions, 1)])[topic].result(timeout=30)
             producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 50,
                                  "batch.num.messages": 10000, "compression.type": "lz4"})
             per_minute = sum(1 for _ in scenarios.generate("healthy", 1, 2, traffic_scale=SCALE)) / 2

@@ -229,3 +229,51 @@ def test_kafka_config_file_is_applied_and_checked(kafka_bootstrap: str, tmp_path
         kio.load_client_config(str(props))
     props.write_text("client.id = canary-gate-test\n")
     assert kio.load_client_config(str(props)) == {"client.id": "canary-gate-test"}
+
+
+def test_live_run_serves_partition_health_and_stops_cleanly(kafka_bootstrap: str, tmp_path: Path) -> None:
+    import signal
+    import socket
+    import urllib.request
+
+    config = tmp_path / "rollout.toml"
+    config.write_text(scenarios.scenario_config("healthy"))
+    topic = _topic(kafka_bootstrap, 3)
+    lines = list(scenarios.generate("healthy", 2, 4))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config), "--source",
+         f"kafka://{kafka_bootstrap}/{topic}", "--verdicts", str(tmp_path / "v.jsonl"),
+         "--dead-letters", str(tmp_path / "d.jsonl"), "--metrics-port", str(port),
+         "--metrics-addr", "127.0.0.1"], cwd=ROOT, stderr=subprocess.PIPE)
+    try:
+        producer = Producer({"bootstrap.servers": kafka_bootstrap})
+        for i, line in enumerate(lines):
+            producer.produce(topic, value=line, partition=i % 3)
+        producer.flush(30)
+        deadline = time.monotonic() + 60
+        consumed = -1.0
+        body = ""
+        while time.monotonic() < deadline and consumed < len(lines):
+            time.sleep(1)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                    body = resp.read().decode()
+            except OSError:
+                continue
+            consumed = sum(float(x) for x in re.findall(
+                r'^canary_gate_partition_events_consumed_total\{partition="\d"\} (\S+)$', body, re.M))
+        assert consumed == len(lines), body[-2000:]
+        assert re.search(r'^canary_gate_partition_lag_messages\{partition="0"\} 0\.0$', body, re.M)
+        assert re.search(r"^canary_gate_event_time_lag_seconds \S+$", body, re.M)
+        assert re.search(r"^canary_gate_verdicts_total [1-9]", body, re.M)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    assert code == 0, err
+    assert err.strip().splitlines()[-1].startswith("canary-gate: stopped: ")
+    # live: the windows still open at the stop are not judged, the closed ones are
+    assert 1 <= len((tmp_path / "v.jsonl").read_text().splitlines()) < 4

@@ -214,8 +214,10 @@ class _TelemetryPartition(StatefulSourcePartition[Chunk, int | None]):
             self.next_offset = offsets[-1] + 1
         if self.stop_at is not None and self.next_offset is not None and self.next_offset >= self.stop_at:
             self.done = True
-        if self.health is not None and (lines or self.done):
-            self.health.note(str(self.index), len(lines), 0 if self.done else self._lag())
+        if self.health is not None:
+            lag = 0 if self.done else self._lag()  # at most once a second, also while idle
+            if lines or lag is not None:
+                self.health.note(str(self.index), len(lines), lag)
         if not lines and not self.done:
             return []
         return [Chunk(str(self.index), lines, self.name, 0, last=self.done, offsets=offsets)]
