@@ -153,6 +153,7 @@ class Engine:
         self.last_wall: dict[str, float] = {}
         self.idle: set[str] = set()
         self.started_wall: float | None = None
+        self.holder: str | None = None  # the live partition whose progress sets the watermark
 
     # -- input -----------------------------------------------------------------
     def feed(self, items: Iterable[Event | DecodeError], partition: str = "0",
@@ -174,7 +175,9 @@ class Engine:
             self.partitions.add(partition)
         if now is not None:  # live: remember when each partition last delivered
             self.last_wall[partition] = now
-            self.idle.discard(partition)
+            if partition in self.idle:
+                self.idle.discard(partition)
+                self.holder = None  # it may be the one furthest behind now
         alone = self.partitions - self.ended - self.idle == {partition}
         arrived = self.arrived
         events_in = 0
@@ -223,7 +226,9 @@ class Engine:
             if prev is None or ts > prev:
                 part_max[partition] = ts
                 if not alone:
-                    out.extend(self._advance())
+                    # Only the partition furthest behind can move the minimum.
+                    if self.holder is None or partition == self.holder:
+                        out.extend(self._advance())
                 elif ts - lateness > self.watermark:
                     # Inline of _advance for the common single-partition case.
                     self.watermark = ts - lateness
@@ -322,8 +327,10 @@ class Engine:
                 return []
             return self._close_through(top - self.lateness)
         if any(p not in self.part_max for p in live):
+            self.holder = None
             return []  # a live partition that has sent nothing holds the clock
-        return self._close_through(min(self.part_max[p] for p in live) - self.lateness)
+        self.holder = min(live, key=self.part_max.__getitem__)
+        return self._close_through(self.part_max[self.holder] - self.lateness)
 
     def _close_through(self, wm: float) -> list[Output]:
         if wm <= self.watermark:
