@@ -441,7 +441,7 @@ _STICKY = re.compile(rb'"sticky"\s*:\s*"([^"\\]*)"')
 def _produce(args: argparse.Namespace, lines: Iterator[bytes]) -> int:
     """Produce a scenario to Kafka, keyed by sticky, at --rate events/s (0: as fast as possible)."""
     from confluent_kafka import KafkaException, Producer
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from pipeline.io import kafka
 
@@ -454,7 +454,6 @@ def _produce(args: argparse.Namespace, lines: Iterator[bytes]) -> int:
     except kafka.KafkaSetupError as exc:
         _say(str(exc))
         return 1
-    events = list(lines)  # scenarios are small; knowing the total gives a real progress bar
     failures: list[str] = []
 
     def delivered(err: Any, msg: Any) -> None:
@@ -463,11 +462,14 @@ def _produce(args: argparse.Namespace, lines: Iterator[bytes]) -> int:
 
     producer = Producer({**kafka.client_config(url, extra), "linger.ms": 20, "enable.idempotence": "true"})
     started = time.monotonic()
-    with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("producing"), BarColumn(), TextColumn("{task.completed:,} events"),
+                  TimeElapsedColumn(),
                   transient=False, disable=not sys.stderr.isatty(),
                   console=None) as progress:
-        task = progress.add_task("produce", total=len(events))
-        for i, line in enumerate(events):
+        task = progress.add_task("produce", total=None)  # streamed: the total is not known up front
+        n = 0
+        for i, line in enumerate(lines):
+            n = i + 1
             if args.rate > 0:
                 delay = started + i / args.rate - time.monotonic()
                 if delay > 0:
@@ -487,12 +489,12 @@ def _produce(args: argparse.Namespace, lines: Iterator[bytes]) -> int:
                 producer.poll(0)
                 progress.update(task, completed=i)
         left = producer.flush(60)
-        progress.update(task, completed=len(events))
+        progress.update(task, completed=n)
     if left or failures:
         _say(f"producing to {url} failed: {failures[0] if failures else f'{left} messages undelivered'}")
         return 1
     elapsed = time.monotonic() - started
-    _say(f"produced {len(events)} events of scenario {args.scenario} (seed {args.seed}, {args.minutes} min) "
+    _say(f"produced {n} events of scenario {args.scenario} (seed {args.seed}, {args.minutes} min) "
          f"to {url} in {elapsed:.1f} s")
     return 0
 
