@@ -43,9 +43,8 @@ class Sinks:
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    """A decoded chunk on its way to the judge."""
+    """A decoded chunk on its way to the judge: items[i] came from chunk.lines[i]."""
 
-    partition: str
     items: list[Event | DecodeError]
     chunk: Chunk
 
@@ -71,9 +70,10 @@ class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
         if self.control is not None and self.control.stage != self.engine.cfg.stage:
             self.engine.set_stage(self.control.stage)
         now = self.clock() if self.clock is not None else None
-        out = self.engine.feed(value.items, value.partition, value.chunk.locate, now)
-        if value.chunk.last:
-            out.extend(self.engine.end_partition(value.partition))
+        chunk = value.chunk
+        out = self.engine.feed(value.items, chunk.partition, chunk.locate, now)
+        if chunk.last:
+            out.extend(self.engine.end_partition(chunk.partition))
         return out, False
 
     def on_eof(self) -> tuple[Iterable[Output], bool]:
@@ -100,7 +100,7 @@ def build_flow(cfg: Config, source: Source[Chunk], sinks: Sinks, *,
     parts = tuple(partitions)
 
     def decode(chunk: Chunk) -> Decoded:
-        return Decoded(chunk.partition, decode_batch(chunk.lines, max_bytes), chunk)
+        return Decoded(decode_batch(chunk.lines, max_bytes), chunk)
 
     def build(resume: Engine | None) -> _JudgeLogic:
         return _JudgeLogic(resume if resume is not None else Engine(cfg, parts), control, clock)
