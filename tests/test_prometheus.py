@@ -11,13 +11,19 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT
 from test_metrics import GOLDEN
 
 from pipeline import scenarios
+
+RULES = ROOT / "deploy" / "prometheus" / "canary-gate.rules.yml"
+RULE_TESTS = ROOT / "deploy" / "prometheus" / "canary-gate.rules.test.yml"
+ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 
 
 def _tool(name: str) -> str:
@@ -52,6 +58,7 @@ def prometheus(tmp_path: Path):  # type: ignore[no-untyped-def]
     metrics_port, web_port = _free_port(), _free_port()
     (tmp_path / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files:\n  - {RULES}\n"
         "scrape_configs:\n  - job_name: canary-gate\n    static_configs:\n"
         f"      - targets: ['127.0.0.1:{metrics_port}']\n")
     log = (tmp_path / "prometheus.log").open("wb")
@@ -96,6 +103,86 @@ def test_prometheus_scrapes_a_running_pipeline(prometheus, tmp_path: Path) -> No
         assert {s["metric"]["gate"] for s in stops} == {"new_5xx_class"}
         assert _query(web_port, 'up{job="canary-gate"}')[0]["value"][1] == "1"
         assert _query(web_port, 'canary_gate_latency_seconds{phase="tfinal",q="0.95",temperature="warm"}')
+    finally:
+        run.stdin.close()
+        code = run.wait(timeout=60)
+    assert code == 0, run.stderr.read() if run.stderr else b""
+
+
+def test_promtool_checks_and_unit_tests_the_rules() -> None:
+    promtool = _tool("promtool")
+    for args in (["check", "rules", str(RULES)], ["test", "rules", str(RULE_TESTS)]):
+        res = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120, check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "SUCCESS" in res.stdout
+
+
+def test_every_alert_has_a_unit_test_and_a_runbook_section() -> None:
+    rules = yaml.safe_load(RULES.read_text())
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    tested = {t["alertname"] for case in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+              for t in case.get("alert_rule_test", [])}
+    assert set(alerts) == tested
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    for name, rule in alerts.items():
+        anchor = rule["annotations"]["runbook_url"].rsplit("#", 1)[1]
+        assert anchor == name.lower() and f"## {name}" in runbook
+        assert rule["labels"]["severity"] in ("critical", "warning")
+
+
+def test_amtool_accepts_the_alertmanager_config_and_routes_by_severity() -> None:
+    amtool = _tool("amtool")
+    res = subprocess.run([amtool, "check-config", str(ALERTMANAGER)], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for labels, receiver in ((["severity=critical", "alertname=CanaryHardStop"], "pager"),
+                             (["severity=warning", "alertname=CanaryGateStalled"], "chat")):
+        res = subprocess.run([amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER}", *labels],
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert res.stdout.strip() == receiver, res.stdout + res.stderr
+
+
+def _alerts(port: int) -> list[dict]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=5) as resp:
+        return list(json.load(resp)["data"]["alerts"])
+
+
+def test_hard_stop_alert_fires_then_resolves(prometheus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    metrics_port, web_port, log = prometheus
+    config = tmp_path / "rollout.toml"
+    config.write_text(scenarios.scenario_config("new_5xx_class"))
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config), "--source", "-",
+         "--verdicts", str(tmp_path / "v.jsonl"), "--metrics-port", str(metrics_port),
+         "--metrics-addr", "127.0.0.1"],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert run.stdin is not None
+
+    def wait_for(predicate, what: str) -> list[dict]:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                alerts = [a for a in _alerts(web_port) if a["labels"]["alertname"] == "CanaryHardStop"]
+            except OSError:
+                continue
+            if predicate(alerts):
+                return alerts
+        raise AssertionError(f"{what}: {log.read_text()[-2000:]}")
+
+    try:
+        run.stdin.write(b"\n".join(scenarios.generate("new_5xx_class", 1, 12)) + b"\n")
+        run.stdin.flush()
+        firing = wait_for(lambda a: any(x["state"] == "firing" for x in a), "the hard stop never fired")
+        labels = firing[0]["labels"]
+        assert (labels["severity"], labels["rollout"], labels["stage"], labels["gate"]) == (
+            "critical", "chat-rag-v2", "50%", "new_5xx_class")
+        assert "hard stop on new_5xx_class" in firing[0]["annotations"]["summary"]
+        # The regression ends: 15 healthy minutes push it out of the 10-minute horizon.
+        healthy_start = scenarios.DEFAULT_START + timedelta(minutes=12)
+        run.stdin.write(b"\n".join(scenarios.generate("healthy", 1, 15, start=healthy_start)) + b"\n")
+        run.stdin.flush()
+        wait_for(lambda a: not a, "the hard stop never resolved")
     finally:
         run.stdin.close()
         code = run.wait(timeout=60)
