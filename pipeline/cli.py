@@ -263,7 +263,7 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
         _say(str(exc))
         return 1
     if opts.metrics_port:
-        collector = CanaryCollector(health=health)
+        collector = CanaryCollector(health=health, rollouts=(cfg.name,))
         try:
             serve(collector, opts.metrics_port, opts.metrics_addr)
         except OSError as exc:

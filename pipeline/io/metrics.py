@@ -10,13 +10,16 @@ Wall time (for event-time lag) comes from an injected clock.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -30,9 +33,12 @@ PREFIX = "canary_gate"
 class CanaryCollector(Collector):
     """Holds what the last window closes said; renders it as metric families."""
 
-    def __init__(self, clock: Callable[[], float] = time.time, health: SourceHealth | None = None) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, health: SourceHealth | None = None,
+                 rollouts: tuple[str, ...] = ()) -> None:
         self.clock = clock
         self.health = health
+        self.configured = set(rollouts)
+        self.records: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
         self.verdict: Verdict | None = None
         self.quantiles: dict[tuple[str, str, str, str, float], float] = {}
@@ -57,6 +63,7 @@ class CanaryCollector(Collector):
                 self.dropped[str(item.reason)] += 1
                 return
             self.verdict = item.verdict
+            self.records[item.verdict.rollout] = item.verdict.to_record()
             self.verdicts += 1
             self.quantiles = item.quantiles
             self.watermark = item.watermark
@@ -79,6 +86,16 @@ class CanaryCollector(Collector):
                 self.dropped["x_warm"] += n
             for _, n in c.get("duplicates", {}).items():
                 self.dropped["duplicate"] += n
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        """The latest verdict record per rollout."""
+        with self.lock:
+            return dict(self.records)
+
+    def rollouts(self) -> set[str]:
+        """Rollouts this process judges (configured, or seen in a verdict)."""
+        with self.lock:
+            return self.configured | set(self.records)
 
     def collect(self) -> Iterator[Metric]:
         with self.lock:
@@ -193,9 +210,63 @@ def _counter(name: str, doc: str, labels: list[str], values: Any) -> CounterMetr
     return family
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """/metrics (Prometheus text), /verdicts, /verdicts/<rollout> and /verdicts/<rollout>/check."""
+
+    registry: CollectorRegistry
+    collector: CanaryCollector
+
+    def do_GET(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path.rstrip("/")
+        if path == "/metrics":
+            self._send(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+            return
+        parts = path.split("/")[1:]
+        if not parts or parts[0] != "verdicts" or len(parts) > 3 or (len(parts) == 3 and parts[2] != "check"):
+            self._json(404, {"error": f"no such path {path!r}; try /metrics or /verdicts"})
+            return
+        latest = self.collector.latest()
+        if len(parts) == 1:
+            self._json(200, {"verdicts": list(latest.values())})
+            return
+        rollout = urllib.parse.unquote(parts[1])
+        record = latest.get(rollout)
+        if record is None:
+            known = self.collector.rollouts()
+            if rollout not in known:
+                self._json(404, {"error": f"unknown rollout {rollout!r}", "rollouts": sorted(known)})
+            else:  # known but no window has closed yet
+                self._json(200, {"rollout": rollout, "decision": None, "ok": True} if len(parts) == 3
+                           else {"rollout": rollout, "decision": None})
+            return
+        if len(parts) == 2:
+            self._json(200, record)
+            return
+        # A webhook check: fails (503) only on a stop, so hold and insufficient_data just wait.
+        ok = record["decision"] != "stop"
+        self._json(200 if ok else 503, {"rollout": rollout, "decision": record["decision"], "ok": ok,
+                                        "id": record["id"], "reasons": record["reasons"]})
+
+    def _json(self, code: int, body: Any) -> None:
+        self._send(code, json.dumps(body, ensure_ascii=False).encode(), "application/json")
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # scrapes every few seconds would flood stderr
+
+
 def serve(collector: CanaryCollector, port: int, addr: str = "0.0.0.0") -> CollectorRegistry:
-    """Register the collector in a fresh registry and serve /metrics on `port`."""
+    """Serve /metrics and the /verdicts endpoints on `port` from a daemon thread."""
     registry = CollectorRegistry()
     registry.register(collector)
-    start_http_server(port, addr=addr, registry=registry)
+    handler = type("Handler", (_Handler,), {"registry": registry, "collector": collector})
+    server = ThreadingHTTPServer((addr, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="canary-gate-http", daemon=True).start()
     return registry
