@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv system-deps kafka-jars kafka-start kafka-stop demo example test lint typecheck unit bench lock clean
+.PHONY: dashboards venv system-deps kafka-jars kafka-start kafka-stop demo example test lint typecheck unit bench lock clean
 
 venv: $(STAMP)
 
@@ -45,7 +45,7 @@ demo: venv system-deps kafka-jars
 test: venv system-deps kafka-jars lint typecheck unit
 
 lint: venv
-	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/ruff check pipeline tests bench dashboards
 
 typecheck: venv
 	$(BIN)/mypy
@@ -59,6 +59,9 @@ bench: venv
 
 lock: venv
 	$(BIN)/pip freeze --exclude-editable | sed '1i # Locked versions of every runtime and dev dependency (pip freeze of a working venv).\n# Regenerate: make lock' > requirements.lock
+
+dashboards: venv
+	$(BIN)/python dashboards/generate.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

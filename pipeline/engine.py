@@ -23,10 +23,9 @@ import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from pipeline.config import Config
-from pipeline.gates import Context, all_clean, decide, judge
+from pipeline.gates import Context, all_clean, decide, judge, median
 from pipeline.model import (
     DeadLetter,
     DeadLetterReason,
@@ -42,6 +41,7 @@ from pipeline.stats import PHASES, ClosedWindow, LabelCaps, WindowStats
 # untracked and named in the sticky_flip reason.
 STICKY_KEYS_MAX = 100_000
 QUANTILES = (0.5, 0.95, 0.99)
+INDEX_COMBOS_MAX = 50  # (variant, region, INDEX_HASH, metric, analyzer) series exported at most
 
 
 class StickyTracker:
@@ -115,7 +115,8 @@ class Report:
     window: ClosedWindow | None
     # (variant, region, "warm"|"cold", phase, quantile) -> ms, over the horizon
     quantiles: dict[tuple[str, str, str, str, float], float]
-    horizon_counts: dict[str, dict[Any, int]]
+    # Per-horizon views for dashboards: family -> label tuple -> value (see _horizon_stats).
+    horizon_stats: dict[str, dict[tuple[str, ...], float]]
     watermark: float
     totals: dict[str, int] = field(default_factory=dict)
 
@@ -401,12 +402,37 @@ class Engine:
             verdict=verdict,
             window=closed,
             quantiles=self._quantiles(),
-            horizon_counts={f: dict(c) for f, c in self.horizon.c.items()
-                            if f in ("user", "errors", "x_warm", "probes", "events")},
+            horizon_stats=self._horizon_stats(),
             watermark=self.watermark,
             totals={**self.totals, **{f"labels_{k}": len(v) for k, v in self.caps.kinds.items()},
                     **{f"overflow_{k}": 1 for k in self.caps.folded}},
         )
+
+    def _horizon_stats(self) -> dict[str, dict[tuple[str, ...], float]]:
+        """RAG-quality medians, index and cache observations over the horizon, for dashboards.
+
+        Label values were capped on the way in; index combinations are also
+        limited to the INDEX_COMBOS_MAX most seen so their series stay few.
+        """
+        c = self.horizon.c
+        medians: dict[tuple[str, ...], float] = {}
+        by_variant: dict[str, Counter[float]] = {}
+        for (variant, value), n in c["delta_s"].items():
+            by_variant.setdefault(variant, Counter())[value] += n
+        for variant, values in by_variant.items():
+            medians[(variant, "delta_s", "")] = median(values)
+        by_topic: dict[tuple[str, str], Counter[float]] = {}
+        for (variant, topic, value), n in c["coverage"].items():
+            by_topic.setdefault((variant, topic), Counter())[value] += n
+        for (variant, topic), values in by_topic.items():
+            medians[(variant, "coverage", topic)] = median(values)
+        combos = sorted(c["index_obs"].items(), key=lambda kv: -kv[1])[:INDEX_COMBOS_MAX]
+        index = {tuple(str(x) for x in key): float(n) for key, n in combos}
+        prefixes: dict[tuple[str, ...], float] = {(str(v), str(p)): float(n)
+                                                  for (v, p), n in c["prefixes"].items()}
+        hits: dict[tuple[str, ...], float] = {(str(v),): c["cache"].get((v, "hit"), 0) / n
+                                              for (v, kind), n in c["cache"].items() if kind == "n" and n}
+        return {"probe_median": medians, "index": index, "prefix": prefixes, "cache_hit": hits}
 
     def _quantiles(self) -> dict[tuple[str, str, str, str, float], float]:
         out: dict[tuple[str, str, str, str, float], float] = {}

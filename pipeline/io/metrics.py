@@ -42,6 +42,7 @@ class CanaryCollector(Collector):
         self.lock = threading.Lock()
         self.verdict: Verdict | None = None
         self.quantiles: dict[tuple[str, str, str, str, float], float] = {}
+        self.horizon_stats: dict[str, dict[tuple[str, ...], float]] = {}
         self.watermark: float | None = None
         self.requests: Counter[tuple[str, str]] = Counter()
         self.errors: Counter[tuple[str, str]] = Counter()
@@ -66,6 +67,7 @@ class CanaryCollector(Collector):
             self.records[item.verdict.rollout] = item.verdict.to_record()
             self.verdicts += 1
             self.quantiles = item.quantiles
+            self.horizon_stats = item.horizon_stats
             self.watermark = item.watermark
             self.events = item.totals.get("events_in", 0)
             self.dedupe_overflow = item.totals.get("dedupe_overflow", 0)
@@ -147,6 +149,21 @@ class CanaryCollector(Collector):
         for (variant, region, temp, phase, q), ms in sorted(self.quantiles.items()):
             latency.add_metric([variant, region, temp, phase, f"{q:g}"], ms / 1000.0)
         yield latency
+        h = self.horizon_stats
+        for name, doc, labels, family in (
+            ("probe_median", "Median ΔS (stat=delta_s) or coverage per probe topic over the horizon.",
+             ["variant", "stat", "topic"], "probe_median"),
+            ("index_requests", "User requests per served (INDEX_HASH, metric, analyzer) over the horizon.",
+             ["variant", "region", "index_hash", "metric", "analyzer"], "index"),
+            ("cache_prefix_requests", "User requests per cache prefix over the horizon.",
+             ["variant", "prefix"], "prefix"),
+            ("cache_hit_ratio", "Cache hit ratio of user requests over the horizon.",
+             ["variant"], "cache_hit"),
+        ):
+            gauge = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+            for key, value in sorted(h.get(family, {}).items()):
+                gauge.add_metric([k if k != "None" else "" for k in key], value)
+            yield gauge
         yield _counter("requests", "User requests (x_warm pings and probes excluded).",
                        ["variant", "region"], self.requests)
         yield _counter("errors", "User requests with status >= 500.", ["variant", "region"], self.errors)
