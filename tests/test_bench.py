@@ -1,0 +1,26 @@
+"""Smoke runs of the benchmarks: tiny sizes, proving the scripts still work (figures are not judged)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "expect"),
+    [
+        ("throughput.py", ["--events", "20000", "--rounds", "1"], r"b/a \d+\.\d+\s+c/a \d+\.\d+"),
+        ("memory.py", ["--keys", "20", "--per-key", "5", "--windows", "12"], r"RSS growth\s+-?\d+\.\d MB"),
+        ("kafka_throughput.py", ["--events", "20000", "--partitions", "2"],
+         r"2 workers / 1 worker: \d+\.\d+"),
+    ],
+)
+def test_benchmark_script_runs(script: str, args: list[str], expect: str) -> None:
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(expect, res.stdout), res.stdout
