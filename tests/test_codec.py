@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 
 from pipeline.codec import decode, decode_batch, parse_ts
@@ -50,7 +50,7 @@ def event_of(obj: object) -> Event:
 
 def fields_of(e: Event) -> dict[str, Any]:
     """An event's decoded values, without the original bytes it carries."""
-    return {f.name: getattr(e, f.name) for f in dataclasses.fields(e) if f.name != "raw"}
+    return {f.name: getattr(e, f.name) for f in msgspec.structs.fields(e) if f.name != "raw"}
 
 
 def error_of(raw: bytes, max_bytes: int = 1_048_576) -> DecodeError:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pickle
-from dataclasses import replace
 
 from conftest import BASE_TS, make_config, make_event, make_probe
+from msgspec.structs import replace
 
 from pipeline.engine import Engine, Report, StickyTracker
 from pipeline.model import DeadLetter, DeadLetterReason, Decision, DecodeError, format_time
