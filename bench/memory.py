@@ -4,6 +4,7 @@ Feeds synthetic events (2 variants x 500 regions, warm and cold, ~30 events per
 key per window) through 61 one-minute windows with a 60-minute horizon, then
 prints the resident-set growth of the process and the pickled state size.
 Target: <= 300 MB.  Usage: .venv/bin/python bench/memory.py [--keys 1000] [--per-key 30]
+       .venv/bin/python bench/memory.py --grid --per-key 3   # keys x windows table
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import argparse
 import gc
 import pickle
 import random
+import re
+import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +37,7 @@ def _rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def _config(keys: int) -> config_mod.Config:
+def _config(keys: int, horizon: int = 60) -> config_mod.Config:
     return config_mod.parse(f"""
 [rollout]
 name = "memory"
@@ -42,10 +46,29 @@ canary = "canary"
 stage = "50%"
 [windows]
 size_s = 60
-horizon_s = 3600
+horizon_s = {60 * horizon}
 [limits]
 max_label_values = {keys}
 """)
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _grid(per_key: int) -> None:
+    """One fresh process per cell, so each peak RSS is its own."""
+    print(f"peak RSS in MB ({per_key} events per key per window, horizon + 1 windows fed)")
+    print(f"{'keys':>8} " + " ".join(f"{f'{w} windows':>12}" for w in (10, 60, 240)))
+    for keys in (10, 100, 1000, 10000):
+        cells = []
+        for windows in (10, 60, 240):
+            res = subprocess.run([sys.executable, __file__, "--keys", str(keys), "--per-key", str(per_key),
+                                  "--windows", str(windows + 1), "--horizon", str(windows)],
+                                 capture_output=True, text=True, check=True)
+            m = re.search(r"peak RSS\s+([\d.]+) MB", res.stdout)
+            cells.append(f"{float(m.group(1)) if m else float('nan'):>12.0f}")
+        print(f"{keys:>8} " + " ".join(cells), flush=True)
 
 
 def main() -> None:
@@ -53,10 +76,16 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=1000, help="variant x region keys")
     ap.add_argument("--per-key", type=int, default=30, help="events per key per window")
     ap.add_argument("--windows", type=int, default=61)
+    ap.add_argument("--horizon", type=int, default=60, help="windows kept in the horizon")
+    ap.add_argument("--grid", action="store_true",
+                    help="peak RSS over keys (10..10k) x horizon windows (10, 60, 240), one process each")
     args = ap.parse_args()
+    if args.grid:
+        _grid(args.per_key)
+        return
     rng = random.Random(1)
     regions = [f"region-{i:04d}" for i in range(args.keys // 2)]
-    engine = Engine(_config(args.keys))
+    engine = Engine(_config(args.keys, args.horizon))
     gc.collect()
     base = _rss_mb()
     started = time.perf_counter()
@@ -86,6 +115,7 @@ def main() -> None:
     print(f"latency keys in horizon     {len(engine.horizon.latency):>10,}")
     print(f"RSS growth                  {grown:>10.1f} MB   (target <= 300 MB)")
     print(f"pickled state               {state / 2**20:>10.1f} MB")
+    print(f"peak RSS                    {_peak_mb():>10.1f} MB")
 
 
 if __name__ == "__main__":
