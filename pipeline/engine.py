@@ -438,8 +438,7 @@ class Engine:
         out: dict[tuple[str, str, str, str, float], float] = {}
         for (variant, region, cold), sketches in self.horizon.latency.items():
             for phase, sketch in zip(PHASES, sketches, strict=True):
-                for q in QUANTILES:
-                    value = sketch.quantile(q)
+                for q, value in zip(QUANTILES, sketch.quantiles(QUANTILES), strict=True):
                     if value is not None:
                         out[(variant, region, "cold" if cold else "warm", phase, q)] = value
         return out

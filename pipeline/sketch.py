@@ -134,15 +134,25 @@ class Sketch:
 
     def quantile(self, q: float) -> float | None:
         """Value at quantile q (0..1), as ddsketch.DDSketch would answer; None if empty."""
-        total = self.count
-        if not 0 <= q <= 1 or total == 0:
-            return None
-        rank = q * (total - 1)
-        if rank < self.zero:
-            return 0.0
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs: tuple[float, ...]) -> list[float | None]:
+        """Several quantiles from one cumulative pass over the bins."""
         cumulative = np.cumsum(self.counts)
-        i = int(np.searchsorted(cumulative, rank - self.zero, side="right"))
-        return float(_layout(self.accuracy).values[min(i, len(cumulative) - 1)])
+        total = int(cumulative[-1]) + self.zero
+        values = _layout(self.accuracy).values
+        out: list[float | None] = []
+        for q in qs:
+            if not 0 <= q <= 1 or total == 0:
+                out.append(None)
+                continue
+            rank = q * (total - 1)
+            if rank < self.zero:
+                out.append(0.0)
+                continue
+            i = int(np.searchsorted(cumulative, rank - self.zero, side="right"))
+            out.append(float(values[min(i, len(cumulative) - 1)]))
+        return out
 
     def to_ddsketch(self) -> DDSketch:
         """An equivalent ddsketch.DDSketch (for export and cross-checks)."""

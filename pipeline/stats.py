@@ -278,6 +278,11 @@ class WindowStats:
         """Merged sketch of one phase for a variant, in one region or all (None)."""
         out = Sketch(self.accuracy)
         i = PHASE_INDEX[phase]
+        if region is not None:  # one key: a lookup, not a scan (gates ask once per region)
+            found = self.latency.get((variant, region, cold))
+            if found is not None:
+                out.merge(found[i])
+            return out
         for (v, r, cold_start), sketches in self.latency.items():
             if v == variant and cold_start == cold and (region is None or r == region):
                 out.merge(sketches[i])
