@@ -31,7 +31,7 @@ DEFAULT_ACCURACY = 0.01
 MIN_VALUE = 1e-3
 MAX_VALUE = 1e7
 
-Counts = npt.NDArray[np.int64]
+Counts = npt.NDArray[np.int32]  # per-bin counts of one horizon stay far below 2**31
 
 
 class _Layout:
@@ -72,7 +72,7 @@ class Sketch:
 
     def __init__(self, accuracy: float = DEFAULT_ACCURACY) -> None:
         self.accuracy = accuracy
-        self.counts: Counts = np.zeros(_layout(accuracy).size, dtype=np.int64)
+        self.counts: Counts = np.zeros(_layout(accuracy).size, dtype=np.int32)
         self.zero = 0
 
     @property
