@@ -83,3 +83,27 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[n
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_run(tmp_path: Path, scenario: str, source: str, port: int,
+              stdin: bool = False):  # type: ignore[no-untyped-def]
+    """`canary-gate run` in the background under a scenario's config, serving on `port`."""
+    import subprocess
+
+    config = tmp_path / "rollout.toml"
+    config.write_text(scenarios.scenario_config(scenario))
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config), "--source", source,
+         "--verdicts", str(tmp_path / "v.jsonl"), "--dead-letters", str(tmp_path / "d.jsonl"),
+         "--metrics-port", str(port), "--metrics-addr", "127.0.0.1"],
+        cwd=ROOT, stdin=subprocess.PIPE if stdin else None, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)

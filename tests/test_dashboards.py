@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,9 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from conftest import ROOT
-
-from pipeline import scenarios
+from conftest import ROOT, free_port, start_run
 
 DASHBOARDS = ROOT / "dashboards" / "json"
 RULES = ROOT / "deploy" / "prometheus" / "canary-gate.rules.yml"
@@ -57,22 +54,14 @@ def test_every_expression_parses(tmp_path: Path) -> None:
 
 def test_expressions_use_only_metrics_a_running_pipeline_exposes(kafka_bootstrap: str,
                                                                   tmp_path: Path) -> None:
-    config = tmp_path / "rollout.toml"
-    config.write_text(scenarios.scenario_config("healthy"))
     topic = f"dash-{int(time.time() * 1000)}"
     res = subprocess.run([sys.executable, "-m", "pipeline.cli", "generate", "--scenario",
                           "schema_violations", "--minutes", "4",
                           "--out", f"kafka://{kafka_bootstrap}/{topic}", "--partitions", "2"],
                          cwd=ROOT, capture_output=True, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config), "--source",
-         f"kafka://{kafka_bootstrap}/{topic}", "--verdicts", str(tmp_path / "v.jsonl"),
-         "--dead-letters", str(tmp_path / "d.jsonl"), "--metrics-port", str(port),
-         "--metrics-addr", "127.0.0.1"], cwd=ROOT, stderr=subprocess.PIPE)
+    port = free_port()
+    proc = start_run(tmp_path, "healthy", f"kafka://{kafka_bootstrap}/{topic}", port)
     exposed: set[str] = set()
     try:
         deadline = time.monotonic() + 60

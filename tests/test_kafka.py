@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from conftest import ROOT
+from conftest import ROOT, free_port, start_run
 
 from pipeline import scenarios
 from pipeline.io import kafka as kio
@@ -233,21 +233,12 @@ def test_kafka_config_file_is_applied_and_checked(kafka_bootstrap: str, tmp_path
 
 def test_live_run_serves_partition_health_and_stops_cleanly(kafka_bootstrap: str, tmp_path: Path) -> None:
     import signal
-    import socket
     import urllib.request
 
-    config = tmp_path / "rollout.toml"
-    config.write_text(scenarios.scenario_config("healthy"))
     topic = _topic(kafka_bootstrap, 3)
     lines = list(scenarios.generate("healthy", 2, 4))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config), "--source",
-         f"kafka://{kafka_bootstrap}/{topic}", "--verdicts", str(tmp_path / "v.jsonl"),
-         "--dead-letters", str(tmp_path / "d.jsonl"), "--metrics-port", str(port),
-         "--metrics-addr", "127.0.0.1"], cwd=ROOT, stderr=subprocess.PIPE)
+    port = free_port()
+    proc = start_run(tmp_path, "healthy", f"kafka://{kafka_bootstrap}/{topic}", port)
     try:
         producer = Producer({"bootstrap.servers": kafka_bootstrap})
         for i, line in enumerate(lines):

@@ -7,7 +7,6 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, start_run
 from test_metrics import GOLDEN
 
 from pipeline import scenarios
@@ -76,13 +75,7 @@ def prometheus(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_prometheus_scrapes_a_running_pipeline(prometheus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     metrics_port, web_port, log = prometheus
-    config = tmp_path / "rollout.toml"
-    config.write_text(scenarios.scenario_config("new_5xx_class"))
-    run = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config), "--source", "-",
-         "--verdicts", str(tmp_path / "v.jsonl"), "--metrics-port", str(metrics_port),
-         "--metrics-addr", "127.0.0.1"],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run = start_run(tmp_path, "new_5xx_class", "-", metrics_port, stdin=True)
     assert run.stdin is not None
     try:
         run.stdin.write(b"\n".join(scenarios.generate("new_5xx_class", 1, 12)) + b"\n")
@@ -149,13 +142,7 @@ def _alerts(port: int) -> list[dict]:
 
 def test_hard_stop_alert_fires_then_resolves(prometheus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     metrics_port, web_port, log = prometheus
-    config = tmp_path / "rollout.toml"
-    config.write_text(scenarios.scenario_config("new_5xx_class"))
-    run = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config), "--source", "-",
-         "--verdicts", str(tmp_path / "v.jsonl"), "--metrics-port", str(metrics_port),
-         "--metrics-addr", "127.0.0.1"],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = start_run(tmp_path, "new_5xx_class", "-", metrics_port, stdin=True)
     assert run.stdin is not None
 
     def wait_for(predicate, what: str) -> list[dict]:  # type: ignore[no-untyped-def]
