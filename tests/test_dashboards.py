@@ -73,7 +73,9 @@ def test_expressions_use_only_metrics_a_running_pipeline_exposes(kafka_bootstrap
             except OSError:
                 continue
             exposed = set(re.findall(r"^# TYPE (\S+) ", body, re.M))
-            if "canary_gate_partition_lag_messages" in exposed and "canary_gate_decision" in exposed:
+            # a verdict out (watermark metrics exist from then on) and partition health
+            if ("canary_gate_partition_lag_messages" in exposed
+                    and re.search(r"^canary_gate_verdicts_total [1-9]", body, re.M)):
                 break
     finally:
         proc.send_signal(signal.SIGTERM)

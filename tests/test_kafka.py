@@ -247,7 +247,13 @@ def test_live_run_serves_partition_health_and_stops_cleanly(kafka_bootstrap: str
         deadline = time.monotonic() + 60
         consumed = -1.0
         body = ""
-        while time.monotonic() < deadline and consumed < len(lines):
+        def settled(text: str) -> bool:  # everything consumed, judged, and lag refreshed to 0
+            return (consumed == len(lines)
+                    and bool(re.search(r"^canary_gate_verdicts_total [1-9]", text, re.M))
+                    and bool(re.search(r'^canary_gate_partition_lag_messages\{partition="0"\} 0\.0$',
+                                       text, re.M)))
+
+        while time.monotonic() < deadline and not settled(body):
             time.sleep(1)
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
