@@ -107,3 +107,22 @@ def start_run(tmp_path: Path, scenario: str, source: str, port: int,
          "--metrics-port", str(port), "--metrics-addr", "127.0.0.1"],
         cwd=ROOT, stdin=subprocess.PIPE if stdin else None, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE)
+
+
+def poll_metrics(port: int, done, timeout: float = 60) -> str:  # type: ignore[no-untyped-def]
+    """Scrape /metrics every second until `done(text)` holds or time runs out; the last text."""
+    import time
+    import urllib.request
+
+    body = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                body = resp.read().decode()
+        except OSError:
+            continue
+        if done(body):
+            break
+    return body

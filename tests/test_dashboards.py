@@ -9,11 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
-from conftest import ROOT, free_port, start_run
+from conftest import ROOT, free_port, poll_metrics, start_run
 
 DASHBOARDS = ROOT / "dashboards" / "json"
 RULES = ROOT / "deploy" / "prometheus" / "canary-gate.rules.yml"
@@ -62,21 +61,11 @@ def test_expressions_use_only_metrics_a_running_pipeline_exposes(kafka_bootstrap
     assert res.returncode == 0, res.stderr
     port = free_port()
     proc = start_run(tmp_path, "healthy", f"kafka://{kafka_bootstrap}/{topic}", port)
-    exposed: set[str] = set()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            time.sleep(1)
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                    body = resp.read().decode()
-            except OSError:
-                continue
-            exposed = set(re.findall(r"^# TYPE (\S+) ", body, re.M))
-            # a verdict out (watermark metrics exist from then on) and partition health
-            if ("canary_gate_partition_lag_messages" in exposed
-                    and re.search(r"^canary_gate_verdicts_total [1-9]", body, re.M)):
-                break
+        # a verdict out (watermark metrics exist from then on) and partition health
+        body = poll_metrics(port, lambda text: "canary_gate_partition_lag_messages" in text
+                            and bool(re.search(r"^canary_gate_verdicts_total [1-9]", text, re.M)))
+        exposed = set(re.findall(r"^# TYPE (\S+) ", body, re.M))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from conftest import ROOT, free_port, start_run
+from conftest import ROOT, free_port, poll_metrics, start_run
 
 from pipeline import scenarios
 from pipeline.io import kafka as kio
@@ -233,7 +233,6 @@ def test_kafka_config_file_is_applied_and_checked(kafka_bootstrap: str, tmp_path
 
 def test_live_run_serves_partition_health_and_stops_cleanly(kafka_bootstrap: str, tmp_path: Path) -> None:
     import signal
-    import urllib.request
 
     topic = _topic(kafka_bootstrap, 3)
     lines = list(scenarios.generate("healthy", 2, 4))
@@ -244,25 +243,18 @@ def test_live_run_serves_partition_health_and_stops_cleanly(kafka_bootstrap: str
         for i, line in enumerate(lines):
             producer.produce(topic, value=line, partition=i % 3)
         producer.flush(30)
-        deadline = time.monotonic() + 60
-        consumed = -1.0
-        body = ""
+        def consumed(text: str) -> float:
+            return sum(float(x) for x in re.findall(
+                r'^canary_gate_partition_events_consumed_total\{partition="\d"\} (\S+)$', text, re.M))
+
         def settled(text: str) -> bool:  # everything consumed, judged, and lag refreshed to 0
-            return (consumed == len(lines)
+            return (consumed(text) == len(lines)
                     and bool(re.search(r"^canary_gate_verdicts_total [1-9]", text, re.M))
                     and bool(re.search(r'^canary_gate_partition_lag_messages\{partition="0"\} 0\.0$',
                                        text, re.M)))
 
-        while time.monotonic() < deadline and not settled(body):
-            time.sleep(1)
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                    body = resp.read().decode()
-            except OSError:
-                continue
-            consumed = sum(float(x) for x in re.findall(
-                r'^canary_gate_partition_events_consumed_total\{partition="\d"\} (\S+)$', body, re.M))
-        assert consumed == len(lines), body[-2000:]
+        body = poll_metrics(port, settled)
+        assert consumed(body) == len(lines), body[-2000:]
         assert re.search(r'^canary_gate_partition_lag_messages\{partition="0"\} 0\.0$', body, re.M)
         assert re.search(r"^canary_gate_event_time_lag_seconds \S+$", body, re.M)
         assert re.search(r"^canary_gate_verdicts_total [1-9]", body, re.M)

@@ -42,7 +42,6 @@ class Board:
         self.verdicts = 0
         self.events = 0
         self.dead: Counter[str] = Counter()
-        self.decisions: Counter[str] = Counter()
 
     def observe(self, item: Report | DeadLetter) -> None:
         """Fold one dataflow output in."""
@@ -52,7 +51,6 @@ class Board:
         self.verdict = item.verdict
         self.verdicts += 1
         self.events = item.totals.get("events_in", self.events)
-        self.decisions[str(item.verdict.decision)] += 1
 
     def render(self) -> Group:
         """The board as rich renderables."""

@@ -264,10 +264,6 @@ class KafkaTelemetrySource(FixedPartitionedSource[Chunk, int | None]):
         return _TelemetryPartition(self.inner.build_part(step_id, for_part, resume_state),
                                    self.url.topic, index, stop_at=stop, health=self.health, start=start)
 
-    def partition_ids(self) -> list[str]:
-        """The engine's partition names (one watermark each)."""
-        return [p.split("-", 1)[0] for p in self.list_parts()]
-
 
 class _ProducerPartition(StatelessSinkPartition[Any]):
     def __init__(self, sink: KafkaProducerSink) -> None:
