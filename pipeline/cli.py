@@ -237,7 +237,8 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
             src: Any = kafka.KafkaTelemetrySource(
                 url, extra, starting=opts.starting_offset, batch_size=opts.batch_size,
                 stop_at={p: high for p, (_, high) in marks.items()} if opts.until_end else None,
-                low_offsets={p: low for p, (low, _) in marks.items()}, health=health)
+                low_offsets={p: low for p, (low, _) in marks.items()}, health=health,
+                partition_ids=parts)
             partition_ids = [str(p) for p in parts]
             clock = None if opts.until_end else time.time
         else:

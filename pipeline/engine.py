@@ -24,6 +24,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pipeline.config import Config
 from pipeline.gates import Context, all_clean, decide, judge, median
 from pipeline.model import (
@@ -34,6 +36,7 @@ from pipeline.model import (
     Event,
     Verdict,
 )
+from pipeline.partial import Partial
 from pipeline.stats import PHASES, ClosedWindow, LabelCaps, WindowStats
 
 # Sticky keys tracked per variant across the horizon and per open window (about
@@ -238,6 +241,88 @@ class Engine:
         self.totals["events_in"] += events_in
         self._fold_pending()
         return out
+
+    def feed_partial(self, part: Partial, partition: str, items: Callable[[], list[Event | DecodeError]],
+                     locate: Callable[[int], str] | None = None, now: float | None = None) -> list[Output]:
+        """Process a chunk summarised where it was decoded (see partial.py).
+
+        The summary is merged when no event in it is late, future or a
+        duplicate under this clock, as `feed` would have found event by event;
+        otherwise the chunk's events (`items()`) go through `feed`.  Either way
+        the verdicts are those of `feed` over the same events.
+        """
+        if now is not None:
+            self.last_wall[partition] = now
+            if partition in self.idle:
+                self.idle.discard(partition)
+                self.holder = None
+        self.partitions.add(partition)
+        if not self._fits(part, partition):
+            self.totals["chunks_replayed"] += 1
+            return self.feed(items(), partition, locate, now)
+        caps = self.caps
+        for wid, variant in part.repeats:
+            self._window(wid).c["duplicates"][caps.admit("variant", variant)] += 1
+            self.totals["duplicates"] += 1
+        caps.admit_values(part.labels)
+        for w in part.windows:
+            self._window(w.wid).merge_relabeled(w.stats, caps)
+            if w.request_ids:
+                self.ids[w.wid].update(w.request_ids)
+            for variant, keys in w.sticky.items():
+                self.sticky.see_many(variant, keys, w.wid)
+        ts = part.ts if part.repeated is None else part.ts[~part.repeated]
+        top = float(ts.max())
+        if self.max_seen is None or top > self.max_seen:
+            self.max_seen = top
+        out: list[Output] = []
+        prev = self.part_max.get(partition)
+        if prev is None or top > prev:
+            self.part_max[partition] = top
+            out = self._advance()
+        self.totals["events_in"] += part.events
+        return out
+
+    def _fits(self, part: Partial, partition: str) -> bool:
+        """Whether `feed` would accept every event of the chunk (none late, future or repeated)."""
+        ts = part.ts
+        size = self.size
+        # largest time seen in the chunk after each event (repeats move no clock)
+        before = np.maximum.accumulate(ts if part.repeated is None else np.where(part.repeated, -np.inf, ts))
+        # future: more than max_future_s ahead of the largest time seen before it
+        top = self.max_seen
+        seen = np.empty_like(ts)
+        seen[0] = np.inf if top is None else top
+        if len(ts) > 1:
+            seen[1:] = before[:-1] if top is None else np.maximum(before[:-1], top)
+        if bool((ts > seen + self.max_future).any()):
+            return False
+        # late: its window closed under the watermark as it stood when the event arrived
+        live = self.partitions - self.ended - self.idle
+        others = live - {partition}
+        if not others:
+            hold = np.inf
+        elif any(p not in self.part_max for p in others):
+            hold = -np.inf  # a live partition that has sent nothing holds the clock
+        else:
+            hold = min(self.part_max[p] for p in others)
+        mine = np.maximum(before, self.part_max.get(partition, -np.inf))
+        mark = np.maximum(self.watermark, np.minimum(hold, mine) - self.lateness)
+        marks = np.empty_like(ts)
+        marks[0] = self.watermark
+        marks[1:] = mark[:-1]
+        if bool(((np.floor_divide(ts, size) + 1) * size <= marks).any()):
+            return False
+        cap = self.cfg.limits.dedupe_max_ids
+        for w in part.windows:
+            if w.request_ids:
+                ids = self.ids.get(w.wid)
+                if ids is not None and (len(ids) + len(w.request_ids) > cap
+                                        or not ids.isdisjoint(w.request_ids)):
+                    return False
+                if ids is None and len(w.request_ids) > cap:
+                    return False
+        return True
 
     def _window(self, wid: int) -> WindowStats:
         """Window `wid`, opened if need be (it must not have closed)."""

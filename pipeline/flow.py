@@ -26,6 +26,7 @@ from pipeline.config import Config
 from pipeline.engine import Engine, Output, Report
 from pipeline.io.chunk import Chunk
 from pipeline.model import DecodeError, Event
+from pipeline.partial import Partial, summarize
 
 STREAM_KEY = "stream"
 TICK_S = 1.0  # how often a live run checks the idle rule
@@ -43,10 +44,21 @@ class Sinks:
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    """A decoded chunk on its way to the judge: items[i] came from chunk.lines[i]."""
+    """A decoded chunk on its way to the judge.
 
-    items: list[Event | DecodeError]
+    Usually only its per-window summary (`partial`) travels, with the raw lines
+    in case the judge must take the events one by one; a chunk with a decode
+    error travels as `items` (items[i] came from chunk.lines[i]).
+    """
+
+    items: list[Event | DecodeError] | None
+    partial: Partial | None
     chunk: Chunk
+    max_bytes: int
+
+    def redecode(self) -> list[Event | DecodeError]:
+        """The chunk's events, for the judge's event-by-event path."""
+        return decode_batch(self.chunk.lines, self.max_bytes)
 
 
 @dataclass
@@ -71,7 +83,10 @@ class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
             self.engine.set_stage(self.control.stage)
         now = self.clock() if self.clock is not None else None
         chunk = value.chunk
-        out = self.engine.feed(value.items, chunk.partition, chunk.locate, now)
+        if value.partial is not None:
+            out = self.engine.feed_partial(value.partial, chunk.partition, value.redecode, chunk.locate, now)
+        else:
+            out = self.engine.feed(value.items or [], chunk.partition, chunk.locate, now)
         if chunk.last:
             out.extend(self.engine.end_partition(chunk.partition))
         return out, False
@@ -99,8 +114,15 @@ def build_flow(cfg: Config, source: Source[Chunk], sinks: Sinks, *,
     max_bytes = cfg.limits.max_event_bytes
     parts = tuple(partitions)
 
+    size = cfg.windows.size_s
+    variants = (cfg.control, cfg.canary)
+
     def decode(chunk: Chunk) -> Decoded:
-        return Decoded(decode_batch(chunk.lines, max_bytes), chunk)
+        items = decode_batch(chunk.lines, max_bytes)
+        partial = summarize(items, size, variants)
+        if partial is None:
+            return Decoded(items, None, chunk, max_bytes)
+        return Decoded(None, partial, chunk, max_bytes)
 
     def build(resume: Engine | None) -> _JudgeLogic:
         return _JudgeLogic(resume if resume is not None else Engine(cfg, parts), control, clock)

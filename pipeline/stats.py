@@ -56,12 +56,23 @@ FAMILIES = (
 
 LatencyKey = tuple[str, str, bool]  # variant, region, cold
 
+# Which label kind each position of a family's key holds (None: not a label).
+_KEY_KINDS: dict[str, tuple[str | None, ...]] = {
+    "events": ("variant",), "probes": ("variant",), "duplicates": ("variant",),
+    "x_warm": ("variant", "region"), "user": ("variant", "region"), "errors": ("variant", "region"),
+    "statuses": ("variant", "region", None), "classes": ("variant", None, None),
+    "dead": ("variant", None), "delta_s": ("variant", None), "coverage": ("variant", "topic", None),
+    "lam": ("variant", "question", None, None, None),
+    "index_obs": ("variant", "region", "index_hash", "metric", "analyzer"),
+    "prefixes": ("variant", "prefix"), "cache": ("variant", None),
+}
+
 # Everything an event contributes to the counters (latency aside), as one hashable
 # tuple; a window sees few distinct ones, so counting them is most of the work.
 _SIGNATURE = attrgetter("variant", "region", "x_warm", "probe_question", "status", "failure_phase",
                         "has_retrieval", "index_hash", "metric", "analyzer", "cache_prefix", "cache_hit")
 _LATENCY_KEY = attrgetter("variant", "region", "cold_start")
-_ADMITTED = (
+ADMITTED = (  # label kinds taken from events, and where each is read
     ("variant", attrgetter("variant")), ("region", attrgetter("region")),
     ("index_hash", attrgetter("index_hash")), ("metric", attrgetter("metric")),
     ("analyzer", attrgetter("analyzer")), ("prefix", attrgetter("cache_prefix")),
@@ -98,10 +109,17 @@ class LabelCaps:
 
     def admit_all(self, events: list[Event]) -> None:
         """Admit every label value of `events` in order of first appearance."""
-        for kind, getter in _ADMITTED:
+        for kind, getter in ADMITTED:
             for value in dict.fromkeys(map(getter, events)):
                 if value is not None:
                     self.admit(kind, value, QUESTION_CAP if kind == "question" else None)
+
+    def admit_values(self, labels: dict[str, list[str]]) -> None:
+        """Admit values listed per kind, each list in order of first appearance."""
+        for kind, values in labels.items():
+            limit = QUESTION_CAP if kind == "question" else None
+            for value in values:
+                self.admit(kind, value, limit)
 
     @overload
     def admit(self, kind: str, value: str, limit: int | None = None) -> str: ...
@@ -146,7 +164,7 @@ class WindowStats:
         """Fold one accepted, de-duplicated event in."""
         self.add_many([ev], caps)
 
-    def add_many(self, evs: list[Event], caps: LabelCaps) -> None:
+    def add_many(self, evs: list[Event], caps: LabelCaps, latency: bool = True) -> None:
         """Fold a micro-batch of accepted, de-duplicated events in.
 
         User requests are counted by their signature tuple (C-level
@@ -154,7 +172,8 @@ class WindowStats:
         attribute reads; counters are then updated once per distinct
         signature, and latencies go to the sketches in one numpy pass per
         (variant, region, warm/cold).  Label values are admitted to the caps
-        in order of first appearance.
+        in order of first appearance.  `latency=False` leaves the sketches out
+        (partial aggregates pack theirs with `pack_latency`).
         """
         if not evs:
             return
@@ -198,7 +217,7 @@ class WindowStats:
                 self._add_probes([e for e in evs if e.probe_question is not None and not e.x_warm],
                                  capped, caps)
             evs = [e for e in evs if not e.x_warm and e.probe_question is None]
-        if evs:
+        if evs and latency:
             self._add_latency(evs, capped)
 
     def _add_probes(self, probes: list[Event], capped: dict[tuple[str, str], tuple[str, str]],
@@ -245,6 +264,38 @@ class WindowStats:
             for j, sketch in enumerate(mine):
                 sketch.merge_packed(packed, 3 * i + j)
 
+    def merge_relabeled(self, other: ClosedWindow, caps: LabelCaps) -> None:
+        """Add statistics kept under raw label values, capped as `caps` admitted them.
+
+        Every value must have been offered to `caps` already (in arrival order);
+        values it did not admit count under "other", as `add_many` would have.
+        """
+        kinds = caps.kinds
+
+        def relabel(kind: str | None, value: Any) -> Any:
+            if kind is None or value is None:
+                return value
+            seen = kinds.get(kind)
+            return OTHER if seen is None else seen.get(value, OTHER)
+
+        for family, counter in other.c.items():
+            mine = self.c[family]
+            layout = _KEY_KINDS[family]
+            if len(layout) == 1:
+                for value, n in counter.items():
+                    mine[relabel(layout[0], value)] += n
+            else:
+                for key, n in counter.items():
+                    mine[tuple(relabel(k, v) for k, v in zip(layout, key, strict=True))] += n
+        packed = other.packed
+        for i, (variant, region, cold) in enumerate(other.keys):
+            key = (relabel("variant", variant), relabel("region", region), cold)
+            mine_s = self.latency.get(key)
+            if mine_s is None:
+                mine_s = self.latency[key] = [Sketch(self.accuracy) for _ in PHASES]
+            for j, sketch in enumerate(mine_s):
+                sketch.merge_packed(packed, 3 * i + j)
+
     def subtract(self, other: ClosedWindow) -> None:
         """Remove a window merged in before (keeps counters free of zero entries)."""
         for family, counter in other.c.items():
@@ -287,6 +338,19 @@ class WindowStats:
             if v == variant and cold_start == cold and (region is None or r == region):
                 out.merge(sketches[i])
         return out
+
+
+def pack_latency(users: list[Event], accuracy: float = 0.01) -> tuple[list[LatencyKey], PackedSketches]:
+    """Latency sketches of user requests, packed per raw (variant, region, cold) key.
+
+    Sketch 3*i + j is phase PHASES[j] of key i, as in `ClosedWindow`.
+    """
+    keys = list(map(_LATENCY_KEY, users))
+    codes = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    index = np.fromiter(map(codes.__getitem__, keys), dtype=np.int64, count=len(users))
+    values = np.array(list(map(_LATENCIES, users)), dtype=np.float64).reshape(len(users), 3)
+    ids = (index[:, None] * 3 + np.arange(3)).ravel()
+    return list(codes), PackedSketches.from_values(ids, values.ravel(), 3 * len(codes), accuracy)
 
 
 class ClosedWindow:
