@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import config as config_mod  # noqa: E402
 from pipeline.engine import Engine  # noqa: E402
-from pipeline.model import Event  # noqa: E402
+from pipeline.model import DecodeError, Event  # noqa: E402
+from pipeline.partial import summarize  # noqa: E402
 
 START = 1_756_274_400.0
 
@@ -102,8 +103,11 @@ def main() -> None:
                                        lat * 0.1, lat * 0.3, lat, 200, None, False, None, None, None,
                                        None, None, -1, None, None, 0, 0, None, None))
         batch.sort(key=lambda e: e.ts)
-        for i in range(0, len(batch), 5000):
-            engine.feed(batch[i : i + 5000])
+        for i in range(0, len(batch), 5000):  # the dataflow's path: summarise per chunk, then judge
+            chunk: list[Event | DecodeError] = list(batch[i : i + 5000])
+            part = summarize(chunk, 60.0, ("control", "canary"))
+            assert part is not None
+            engine.feed_partial(part, "0", lambda chunk=chunk: chunk)  # type: ignore[misc]
         fed += len(batch)
     gc.collect()
     grown = _rss_mb() - base

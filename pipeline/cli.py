@@ -13,6 +13,8 @@ import json
 import os
 import re
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -60,7 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=0,
                      help="serve Prometheus /metrics on this port (0, the default, disables)")
     run.add_argument("--metrics-addr", default="0.0.0.0", help="address for --metrics-port")
-    run.add_argument("--workers", type=int, default=1, help="worker threads (default 1)")
+    run.add_argument("--workers", type=int, default=1, help="worker threads per process (default 1)")
+    run.add_argument("--processes", type=int, default=1,
+                     help="worker processes on this machine (Bytewax cluster; default 1): decoding "
+                     "and aggregation spread over them, the judge and its outputs stay in process 0")
+    run.add_argument("--addresses", metavar="HOST:PORT;...",
+                     help="join a cluster across machines: every process's address, in process order "
+                     "(run the same command on each machine with its --process-id)")
+    run.add_argument("--process-id", type=int, help="this process's index in --addresses")
     run.add_argument("--batch-size", type=int, default=1000, help="messages per micro-batch")
     run.add_argument("--board", choices=("auto", "on", "off"), default="auto",
                      help="live terminal board (auto: when stdout is a terminal)")
@@ -95,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     try:
         args = _parser().parse_args(argv)
+        args.argv = list(argv) if argv is not None else sys.argv[1:]
         handler: Callable[[argparse.Namespace], int] = {
             "run": cmd_run,
             "check-config": cmd_check_config,
@@ -189,12 +199,93 @@ def cmd_run(args: argparse.Namespace) -> int:
             _writable(path, flag)
     if args.until_end and not kafka_source:
         raise UsageError("--until-end applies to a kafka:// source only")
+    addresses, process_id = _cluster(args)
+    total = len(addresses or [None]) * args.workers
+    from pipeline.flow import MAX_WORKERS
+
+    if total > MAX_WORKERS:
+        raise UsageError(f"at most {MAX_WORKERS} workers in total (processes x --workers), got {total}")
     board_on = args.board == "on" or (args.board == "auto" and interactive and verdicts != "-")
     options = RunOptions(
         verdicts=verdicts, dead=dead, metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
         workers=args.workers, batch_size=args.batch_size, board_on=board_on, config_path=args.config,
-        until_end=args.until_end, starting_offset=args.starting_offset, kafka_config=args.kafka_config)
-    return run_pipeline(cfg, args.source, options)
+        until_end=args.until_end, starting_offset=args.starting_offset, kafka_config=args.kafka_config,
+        addresses=addresses, process_id=process_id)
+    followers = (_start_followers([*args.argv, "--board", "on" if board_on else "off"], addresses)
+                 if args.processes > 1 else [])
+    try:
+        code = run_pipeline(cfg, args.source, options)
+    finally:
+        code_of_followers = _stop_followers(followers)
+    return code or code_of_followers
+
+
+def _cluster(args: argparse.Namespace) -> tuple[list[str] | None, int]:
+    """(addresses, process id) of a cluster run, or (None, 0) for one process."""
+    if args.processes < 1:
+        raise UsageError(f"--processes must be >= 1, got {args.processes}")
+    if args.addresses is not None or args.process_id is not None:
+        if args.processes > 1:
+            raise UsageError("--processes starts a cluster on this machine; --addresses joins one: "
+                             "give one or the other")
+        if args.addresses is None or args.process_id is None:
+            raise UsageError("--addresses and --process-id go together")
+        addresses = [a.strip() for a in args.addresses.split(";") if a.strip()]
+        for a in addresses:
+            host, sep, port = a.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise UsageError(f"--addresses: {a!r} is not HOST:PORT")
+        if not 0 <= args.process_id < len(addresses):
+            raise UsageError(f"--process-id must be 0..{len(addresses) - 1}, got {args.process_id}")
+        return addresses, args.process_id
+    if args.processes == 1:
+        return None, 0
+    ports = []
+    for _ in range(args.processes):
+        with socket.socket() as sock:  # free ports for the cluster's own connections
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    return [f"127.0.0.1:{p}" for p in ports], 0
+
+
+def _start_followers(argv: list[str], addresses: list[str] | None) -> list[subprocess.Popen[bytes]]:
+    """Processes 1..N-1 of a local cluster: the same command, joined by address."""
+    assert addresses is not None
+    joined = ";".join(addresses)
+    rest: list[str] = []
+    skip = False
+    for arg in argv:  # drop --processes N (and --processes=N) so followers do not start more
+        if skip:
+            skip = False
+            continue
+        if arg == "--processes":
+            skip = True
+            continue
+        if arg.startswith("--processes="):
+            continue
+        rest.append(arg)
+    _FOLLOWERS[:] = [subprocess.Popen([sys.executable, "-m", "pipeline.cli", *rest, "--addresses", joined,
+                                       "--process-id", str(i)])
+                     for i in range(1, len(addresses))]
+    return list(_FOLLOWERS)
+
+
+def _stop_followers(followers: list[subprocess.Popen[bytes]], grace_s: float = 5.0) -> int:
+    """Wait for followers to end (they end with the dataflow); 1 if any failed."""
+    code = 0
+    for proc in followers:
+        try:
+            rc = proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                rc = proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+        if rc not in (0, -signal.SIGTERM, 130):
+            code = 1
+    return code
 
 
 @dataclass(frozen=True)
@@ -212,6 +303,8 @@ class RunOptions:
     until_end: bool = False
     starting_offset: str = "earliest"
     kafka_config: str | None = None
+    addresses: list[str] | None = None  # a cluster's processes, when there is more than one
+    process_id: int = 0
 
 
 def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
@@ -237,8 +330,7 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
             src: Any = kafka.KafkaTelemetrySource(
                 url, extra, starting=opts.starting_offset, batch_size=opts.batch_size,
                 stop_at={p: high for p, (_, high) in marks.items()} if opts.until_end else None,
-                low_offsets={p: low for p, (low, _) in marks.items()}, health=health,
-                partition_ids=parts)
+                low_offsets={p: low for p, (low, _) in marks.items()}, partition_ids=parts)
             partition_ids = [str(p) for p in parts]
             clock = None if opts.until_end else time.time
         else:
@@ -263,7 +355,12 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
     except kafka.KafkaSetupError as exc:
         _say(str(exc))
         return 1
-    if opts.metrics_port:
+    # Every process builds the same dataflow (Bytewax requires it); only process 0, which
+    # holds the judge, serves metrics and draws the board.  Followers keep no-op observers.
+    follower = opts.process_id > 0
+    if opts.metrics_port and follower:
+        sinks.observers.append(ObserveSink(lambda item: None))
+    elif opts.metrics_port:
         collector = CanaryCollector(health=health, rollouts=(cfg.name,))
         try:
             serve(collector, opts.metrics_port, opts.metrics_addr)
@@ -271,7 +368,9 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
             raise UsageError(f"--metrics-port {opts.metrics_port}: cannot listen: {exc.strerror}") from None
         sinks.observers.append(ObserveSink(collector.observe))
     board_sink = None
-    if opts.board_on:
+    if opts.board_on and follower:
+        sinks.observers.append(ObserveSink(lambda item: None))
+    elif opts.board_on:
         board_sink = BoardSink(Board())
         sinks.observers.append(board_sink)
 
@@ -279,17 +378,22 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
     if opts.config_path is not None and hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, _reload_stage(opts.config_path, control))
 
-    flow = build_flow(cfg, src, sinks, partitions=partition_ids, control=control, clock=clock)
+    total = len(opts.addresses or [None]) * opts.workers
+    flow = build_flow(cfg, src, sinks, partitions=partition_ids, control=control, clock=clock,
+                      health=health, workers=total)
     started = time.perf_counter()
     stopped = False
     previous_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with _without_panic_noise():
-            cli_main(flow, workers_per_process=opts.workers)  # type: ignore[no-untyped-call]
+            cli_main(flow, workers_per_process=opts.workers,  # type: ignore[no-untyped-call]
+                     process_id=opts.process_id if opts.addresses else None, addresses=opts.addresses)
     except KeyboardInterrupt:
+        _signal_followers()
         stopped = True  # Ctrl-C or SIGTERM: a live run ends here; windows still open stay unjudged
     except Exception as exc:  # the dataflow failed; report it in one line
         if _caused_by_interrupt(exc):
+            _signal_followers()
             stopped = True
         else:
             if board_sink is not None:
@@ -300,6 +404,8 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
         signal.signal(signal.SIGTERM, previous_term)
     if board_sink is not None:
         board_sink.stop()
+    if opts.process_id:
+        return 0  # process 0 holds the judge and reports the run
     elapsed = time.perf_counter() - started
     last = tally.verdict
     dead_total = sum(tally.dead.values())
@@ -369,8 +475,19 @@ def _reload_stage(path: str, control: Any) -> Callable[[int, FrameType | None], 
     return handler
 
 
+_FOLLOWERS: list[subprocess.Popen[bytes]] = []  # processes 1..N-1 of a local cluster
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    _signal_followers()
     raise KeyboardInterrupt
+
+
+def _signal_followers() -> None:
+    """A stop of process 0 stops its followers too (the cluster ends together)."""
+    for proc in _FOLLOWERS:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
 
 
 def _caused_by_interrupt(exc: BaseException) -> bool:

@@ -95,7 +95,7 @@ def free_port() -> int:
 
 
 def start_run(tmp_path: Path, scenario: str, source: str, port: int,
-              stdin: bool = False):  # type: ignore[no-untyped-def]
+              stdin: bool = False, extra: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
     """`canary-gate run` in the background under a scenario's config, serving on `port`."""
     import subprocess
 
@@ -104,7 +104,7 @@ def start_run(tmp_path: Path, scenario: str, source: str, port: int,
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config), "--source", source,
          "--verdicts", str(tmp_path / "v.jsonl"), "--dead-letters", str(tmp_path / "d.jsonl"),
-         "--metrics-port", str(port), "--metrics-addr", "127.0.0.1"],
+         "--metrics-port", str(port), "--metrics-addr", "127.0.0.1", *extra],
         cwd=ROOT, stdin=subprocess.PIPE if stdin else None, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE)
 

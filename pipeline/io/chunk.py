@@ -15,6 +15,7 @@ class Chunk:
     first: int  # line number of lines[0] (files)
     last: bool = False  # the partition has no more data after this chunk
     offsets: list[int] | None = None  # Kafka offset of each message, when from Kafka
+    lag: int | None = None  # Kafka: messages left behind this chunk, when just measured
 
     def locate(self, i: int) -> str:
         """Where message i came from: "file:line" or "topic/partition@offset"."""
