@@ -120,6 +120,7 @@ def main() -> None:
                         can_close[float(next_end)] = time.time()
                         next_end += SIZE_S
             producer.flush(30)
+            del producer  # before the broker stops, so it logs no disconnects
             time.sleep(3)
             consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-latency",
                                  "enable.partition.eof": "true"})

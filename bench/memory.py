@@ -111,15 +111,16 @@ def main() -> None:
         fed += len(batch)
     gc.collect()
     grown = _rss_mb() - base
+    peak = _peak_mb()  # before pickling: the pickle buffer below is the benchmark's, not the engine's
     state = len(pickle.dumps(engine))
     elapsed = time.perf_counter() - started
     print(f"keys (variant x region)     {args.keys:>10,}")
     print(f"windows fed / in horizon    {args.windows:>10} / {engine.n}")
     print(f"events                      {fed:>10,}   ({fed / elapsed:,.0f} ev/s)")
     print(f"latency keys in horizon     {len(engine.horizon.latency):>10,}")
-    print(f"RSS growth                  {grown:>10.1f} MB   (target <= 300 MB)")
+    print(f"RSS growth                  {grown:>10.1f} MB")
     print(f"pickled state               {state / 2**20:>10.1f} MB")
-    print(f"peak RSS                    {_peak_mb():>10.1f} MB")
+    print(f"peak RSS                    {peak:>10.1f} MB   (target <= 300 MB)")
 
 
 if __name__ == "__main__":
