@@ -1,11 +1,12 @@
-"""The Bytewax dataflow: source -> decode -> judge (clock, windows, gates) -> sinks.
+"""The Bytewax dataflow: source -> decode + summarise -> judge (clock, windows, gates) -> sinks.
 
 Sources emit `Chunk`s (micro-batches of raw messages) so that Bytewax moves a
-few large items instead of one item per event; decoding runs on the worker
-that read the chunk.  Judging needs one stream-wide watermark, so every chunk
-is keyed to a single key and the `Engine` lives in one `stateful` step; its
-state pickles for recovery.  Outputs leave keyed so file sinks stay on one
-worker.
+few large items instead of one item per event; decoding and the per-window
+summary (`pipeline.partial`) run on the worker that read the chunk, so more
+processes mean more decoding capacity.  Judging needs one stream-wide
+watermark, so every chunk is keyed to a single key, routed to worker 0, and
+the `Engine` lives in one `stateful` step; its state pickles for recovery.
+Outputs leave keyed so file sinks stay on one worker.
 """
 
 from __future__ import annotations
