@@ -15,7 +15,6 @@ Usage: .venv/bin/python bench/kafka_throughput.py [--events 2000000] [--rounds 2
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
+from _broker import broker_module  # noqa: E402
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: E402
 
@@ -35,15 +35,6 @@ from pipeline import scenarios  # noqa: E402
 
 SCALE = 100.0
 TOPIC = "telemetry-bench"
-
-
-def _broker_module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("kafka_broker", ROOT / "kafka-broker" / "broker.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def produce(bootstrap: str, events: int, partitions: int) -> int:
@@ -119,7 +110,7 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
-    broker_mod = _broker_module()
+    broker_mod = broker_module()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         broker = broker_mod.start(tmp / "kafka", heap="1g")

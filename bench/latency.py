@@ -14,7 +14,6 @@ Usage: .venv/bin/python bench/latency.py [--seconds 120] [--rate 5000]
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
+from _broker import broker_module  # noqa: E402
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: E402
 
@@ -36,15 +36,6 @@ from pipeline.codec import parse_ts  # noqa: E402
 SIZE_S = 2
 LATENESS_S = 1
 PARTITIONS = 4
-
-
-def _broker_module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("kafka_broker", ROOT / "kafka-broker" / "broker.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _config() -> str:
@@ -76,7 +67,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=120, help="length of the live run")
     ap.add_argument("--rate", type=float, default=5000, help="events per second")
     args = ap.parse_args()
-    broker_mod = _broker_module()
+    broker_mod = broker_module()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         broker = broker_mod.start(tmp / "kafka", heap="1g")
