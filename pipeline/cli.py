@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gzip
 import json
 import os
@@ -20,12 +21,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn
 
 from pipeline import config as config_mod
 from pipeline import scenarios
+from pipeline.io.lifecycle import STOP, failure
 
 PROG = "canary-gate"
 
@@ -73,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=1000, help="messages per micro-batch")
     run.add_argument("--board", choices=("auto", "on", "off"), default="auto",
                      help="live terminal board (auto: when stdout is a terminal)")
+    run.add_argument("--recovery-dir", metavar="DIR",
+                     help="keep snapshots of window state and source positions here; a run started "
+                     "again with the same DIR resumes where the last snapshot left off "
+                     "(docs/reliability.md)")
+    run.add_argument("--snapshot-interval", type=float, default=10.0, metavar="SECONDS",
+                     help="with --recovery-dir: seconds between snapshots (default 10); a crash "
+                     "re-reads at most this much input")
+    run.add_argument("--broker-timeout", type=float, default=300.0, metavar="SECONDS",
+                     help="Kafka: how long to wait for an unreachable broker before stopping with "
+                     "an error (default 300)")
 
     check = sub.add_parser("check-config", help="validate a config and print the effective settings")
     check.add_argument("--config", required=True)
@@ -199,18 +212,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             _writable(path, flag)
     if args.until_end and not kafka_source:
         raise UsageError("--until-end applies to a kafka:// source only")
+    if not args.snapshot_interval > 0:
+        raise UsageError(f"--snapshot-interval must be > 0, got {args.snapshot_interval:g}")
+    if not args.broker_timeout > 0:
+        raise UsageError(f"--broker-timeout must be > 0, got {args.broker_timeout:g}")
+    from pipeline.io.lifecycle import failpoint_error
+
+    if (problem := failpoint_error()) is not None:
+        raise UsageError(problem)
     addresses, process_id = _cluster(args)
     total = len(addresses or [None]) * args.workers
     from pipeline.flow import MAX_WORKERS
 
     if total > MAX_WORKERS:
         raise UsageError(f"at most {MAX_WORKERS} workers in total (processes x --workers), got {total}")
+    if args.recovery_dir:
+        _prepare_recovery(Path(args.recovery_dir), cfg, {
+            "rollout": cfg.name, "workers": total, "source": args.source,
+            "verdicts": verdicts, "dead_letters": dead})
     board_on = args.board == "on" or (args.board == "auto" and interactive and verdicts != "-")
     options = RunOptions(
         verdicts=verdicts, dead=dead, metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
         workers=args.workers, batch_size=args.batch_size, board_on=board_on, config_path=args.config,
         until_end=args.until_end, starting_offset=args.starting_offset, kafka_config=args.kafka_config,
-        addresses=addresses, process_id=process_id)
+        addresses=addresses, process_id=process_id, recovery_dir=args.recovery_dir,
+        snapshot_interval_s=args.snapshot_interval, broker_timeout_s=args.broker_timeout)
     followers = (_start_followers([*args.argv, "--board", "on" if board_on else "off"], addresses)
                  if args.processes > 1 else [])
     try:
@@ -218,6 +244,63 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         code_of_followers = _stop_followers(followers)
     return code or code_of_followers
+
+
+RECOVERY_FILE = "canary-gate.json"  # what a recovery directory holds state of
+
+
+def _prepare_recovery(path: Path, cfg: config_mod.Config, run: dict[str, Any]) -> None:
+    """Create a recovery directory, or check that this run may resume from it.
+
+    The state in it is partitioned by worker count and tied to the source, the
+    outputs (file outputs are cut back to their snapshot length) and the
+    config's windows and limits; a run that differs in any of them would
+    resume wrongly, so it is refused with the difference named.
+    """
+    source, verdicts, dead = run["source"], run["verdicts"], run["dead_letters"]
+    if source == "-":
+        raise UsageError("--recovery-dir needs a file or Kafka source: stdin cannot be read again")
+    for target, flag in ((verdicts, "--verdicts"), (dead, "--dead-letters")):
+        if target and target.endswith(".gz"):
+            raise UsageError(f"{flag} {target}: a gzip output cannot be cut back to a snapshot; "
+                             "with --recovery-dir write plain JSONL")
+    def file_of(target: str | None) -> str | None:  # only file outputs are cut back on resume
+        return None if not target or target == "-" or target.startswith("kafka://") else str(
+            Path(target).resolve())
+
+    run = {**run, "source": source if source.startswith("kafka://") else str(Path(source).resolve()),
+           "verdicts": file_of(verdicts), "dead_letters": file_of(dead)}
+    expected = {**run, "fixed": {"control": cfg.control, "canary": cfg.canary,
+                                 "windows": dataclasses.asdict(cfg.windows),
+                                 "limits": dataclasses.asdict(cfg.limits)}}
+    marker = path / RECOVERY_FILE
+    if marker.exists():
+        try:
+            found = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--recovery-dir {path}: unreadable {RECOVERY_FILE}: {exc}") from None
+        for key, value in expected.items():
+            if found.get(key) != value:
+                was = found.get(key)
+                raise UsageError(f"--recovery-dir {path} holds a run with {key} {_show(was)}, this run has "
+                                 f"{_show(value)}: resume with the same, or use a new directory")
+        return
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UsageError(f"--recovery-dir {path}: exists and is not a canary-gate recovery directory")
+    from bytewax.recovery import init_db_dir
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, run["workers"])  # type: ignore[no-untyped-call]
+    except (OSError, RuntimeError) as exc:
+        raise UsageError(f"--recovery-dir {path}: cannot create: {exc}") from None
+    marker.write_text(json.dumps(expected, indent=2) + "\n", encoding="utf-8")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
 def _cluster(args: argparse.Namespace) -> tuple[list[str] | None, int]:
@@ -305,6 +388,9 @@ class RunOptions:
     kafka_config: str | None = None
     addresses: list[str] | None = None  # a cluster's processes, when there is more than one
     process_id: int = 0
+    recovery_dir: str | None = None
+    snapshot_interval_s: float = 10.0
+    broker_timeout_s: float = 300.0
 
 
 def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
@@ -330,7 +416,8 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
             src: Any = kafka.KafkaTelemetrySource(
                 url, extra, starting=opts.starting_offset, batch_size=opts.batch_size,
                 stop_at={p: high for p, (_, high) in marks.items()} if opts.until_end else None,
-                low_offsets={p: low for p, (low, _) in marks.items()}, partition_ids=parts)
+                low_offsets={p: low for p, (low, _) in marks.items()}, partition_ids=parts,
+                broker_timeout_s=opts.broker_timeout_s)
             partition_ids = [str(p) for p in parts]
             clock = None if opts.until_end else time.time
         else:
@@ -338,20 +425,22 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
             partition_ids = ["0"]
 
         def sink(target: str, render_line: Callable[[Any], bytes], render_message: Any,
-                 default_topic: str) -> Any:
+                 default_topic: str, kind: str) -> Any:
             if kafka.is_kafka(target):
                 out = kafka.parse_url(target, default_topic)
                 kafka.ensure_topic(out, extra)
-                return kafka.KafkaProducerSink(out, extra, render_message)
+                spill = f"{cfg.name.replace('/', '_')}.undelivered-{kind}.jsonl"
+                return kafka.KafkaProducerSink(out, extra, render_message, opts.broker_timeout_s,
+                                               render_line=render_line, spill=spill)
             return JsonlSink(target, render_line)
 
         tally = Board()
         sinks = Sinks(observers=[ObserveSink(tally.observe)])
         if opts.verdicts:
             sinks.verdicts.append(sink(opts.verdicts, verdict_line, kafka.render_verdict(cfg.name),
-                                       kafka.VERDICT_TOPIC))
+                                       kafka.VERDICT_TOPIC, "verdicts"))
         sinks.dead_letters.append(sink(opts.dead, dead_letter_line, kafka.render_dead_letter,
-                                       kafka.DEAD_LETTER_TOPIC))
+                                       kafka.DEAD_LETTER_TOPIC, "dead-letters"))
     except kafka.KafkaSetupError as exc:
         _say(str(exc))
         return 1
@@ -379,18 +468,30 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
         signal.signal(signal.SIGHUP, _reload_stage(opts.config_path, control))
 
     total = len(opts.addresses or [None]) * opts.workers
+
+    def resumed(notes: list[str]) -> None:
+        _say(f"resumed from {opts.recovery_dir}" + (f": {'; '.join(notes)}" if notes else ""))
+
     flow = build_flow(cfg, src, sinks, partitions=partition_ids, control=control, clock=clock,
-                      health=health, workers=total)
+                      health=health, workers=total, on_resume=resumed)
+    recovery = None
+    if opts.recovery_dir:
+        from bytewax.recovery import RecoveryConfig
+
+        recovery = RecoveryConfig(Path(opts.recovery_dir))  # type: ignore[no-untyped-call]
     started = time.perf_counter()
     stopped = False
-    previous_term = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {sig: signal.signal(sig, _stop_gracefully) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with _without_panic_noise():
             cli_main(flow, workers_per_process=opts.workers,  # type: ignore[no-untyped-call]
-                     process_id=opts.process_id if opts.addresses else None, addresses=opts.addresses)
+                     process_id=opts.process_id if opts.addresses else None, addresses=opts.addresses,
+                     epoch_interval=timedelta(seconds=opts.snapshot_interval_s),
+                     recovery_config=recovery)
+        stopped = STOP.is_set()
     except KeyboardInterrupt:
         _signal_followers()
-        stopped = True  # Ctrl-C or SIGTERM: a live run ends here; windows still open stay unjudged
+        stopped = True  # a second Ctrl-C / SIGTERM: ended at once, no final snapshot
     except Exception as exc:  # the dataflow failed; report it in one line
         if _caused_by_interrupt(exc):
             _signal_followers()
@@ -401,11 +502,15 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
             _say(f"run failed: {_root_cause(exc)}")
             return 1
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for timer in _TIMERS:
+            timer.cancel()
     if board_sink is not None:
         board_sink.stop()
+    reason = failure()
     if opts.process_id:
-        return 0  # process 0 holds the judge and reports the run
+        return 1 if reason else 0  # process 0 holds the judge and reports the run
     elapsed = time.perf_counter() - started
     last = tally.verdict
     dead_total = sum(tally.dead.values())
@@ -417,7 +522,12 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
         + (f", last {last.decision} at {last.to_record()['window_end']}" if last else "")
         + f"; {dead_total} dead letters" + (f" ({dead_note}) -> {opts.dead}" if dead_total else "")
         + ("" if opts.verdicts else "; verdicts were only shown (pass --verdicts PATH to keep them)")
+        + (f"; open windows wait in {opts.recovery_dir}" if stopped and opts.recovery_dir and not reason
+           else "")
     )
+    if reason:
+        _say(f"run failed: {reason}")
+        return 1
     return 0
 
 
@@ -478,9 +588,28 @@ def _reload_stage(path: str, control: Any) -> Callable[[int, FrameType | None], 
 _FOLLOWERS: list[subprocess.Popen[bytes]] = []  # processes 1..N-1 of a local cluster
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
+STOP_GRACE_S = 10.0  # a graceful stop that takes longer than this becomes an immediate one
+
+
+def _stop_gracefully(signum: int, frame: FrameType | None) -> None:
+    """First SIGTERM / Ctrl-C: end the input, flush outputs, take a final snapshot; second: at once."""
     _signal_followers()
-    raise KeyboardInterrupt
+    if STOP.is_set():
+        raise KeyboardInterrupt
+    STOP.set()
+    _say("stopping: flushing outputs" + (" (again to stop at once)" if sys.stdin.isatty() else ""))
+
+    def overdue() -> None:  # e.g. a sink waiting on an unreachable broker
+        _say(f"graceful stop took over {STOP_GRACE_S:g} s: stopping at once")
+        signal.raise_signal(signal.SIGINT)
+
+    timer = threading.Timer(STOP_GRACE_S, overdue)
+    timer.daemon = True
+    timer.start()
+    _TIMERS.append(timer)
+
+
+_TIMERS: list[threading.Timer] = []  # the graceful stop's deadline, cancelled once the run ended
 
 
 def _signal_followers() -> None:

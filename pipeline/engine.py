@@ -158,6 +158,7 @@ class Engine:
         self.idle: set[str] = set()
         self.started_wall: float | None = None
         self.holder: str | None = None  # the live partition whose progress sets the watermark
+        self.down: set[str] = set()  # live partitions whose broker is unreachable: never idle
 
     # -- input -----------------------------------------------------------------
     def feed(self, items: Iterable[Event | DecodeError], partition: str = "0",
@@ -362,6 +363,21 @@ class Engine:
                 self.sticky.see_many(variant, [e.sticky for e in batch if e.variant == variant
                                                and not e.x_warm and e.probe_question is None], w)
 
+    def source_state(self, partition: str, down: bool, now: float | None) -> None:
+        """A live partition's broker became unreachable (`down`) or reachable again.
+
+        While any partition is down the idle rule waits: its events are delayed,
+        not absent.  Reconnecting counts as a sign of life, so idleness is
+        measured afresh from then.
+        """
+        if down:
+            self.down.add(partition)
+            self.idle.discard(partition)
+        elif partition in self.down:
+            self.down.discard(partition)
+            if now is not None:
+                self.last_wall[partition] = now
+
     def end_partition(self, partition: str) -> list[Output]:
         """A partition reached its end: it no longer holds the watermark back."""
         self.ended.add(partition)
@@ -376,6 +392,8 @@ class Engine:
         """
         if self.started_wall is None:
             self.started_wall = now
+        if self.down:
+            return []  # silence because the broker is unreachable is not idleness
         idle_s = self.cfg.windows.idle_close_s
         live = self.partitions - self.ended
         self.idle = {p for p in live if now - self.last_wall.get(p, self.started_wall) >= idle_s}
@@ -394,6 +412,34 @@ class Engine:
             return []
         last = int(self.max_seen // self.size)
         return self._close_through((last + 1) * self.size)
+
+    def reconfigure(self, cfg: Config, partitions: Iterable[str] = ()) -> list[str]:
+        """Adopt the config of a run resumed from this engine's snapshot; what changed, in words.
+
+        The stage, thresholds, promotion and variant specs may change between
+        runs (a stage change restarts the promotion clock, as on SIGHUP); the
+        rollout's names, windows and limits shape the state itself and may not.
+        """
+        old = self.cfg
+        fixed = [key for key, a, b in (
+            ("rollout.name", old.name, cfg.name), ("rollout.control", old.control, cfg.control),
+            ("rollout.canary", old.canary, cfg.canary), ("windows", old.windows, cfg.windows),
+            ("limits", old.limits, cfg.limits)) if a != b]
+        if fixed:
+            raise ValueError(f"the snapshot was taken under other {', '.join(fixed)}; "
+                             "they cannot change on resume (use a new recovery directory)")
+        notes = []
+        if cfg.stage != old.stage:
+            notes.append(f"stage {old.stage} -> {cfg.stage} (promotion clock restarts)")
+            self.clean_since = None
+        changed = [k for k in ("thresholds", "variants", "sustain_s")
+                   if getattr(cfg, k) != getattr(old, k)]
+        if changed:
+            notes.append(f"new {', '.join(changed)} apply from the next verdict")
+        self.cfg = cfg
+        self.partitions.update(partitions)  # a partition added to the topic since holds the clock too
+        self.down.clear()  # what the source reports after the restart counts
+        return notes
 
     def set_stage(self, stage: str) -> None:
         """Change the rollout stage; restarts the promotion sustain clock."""

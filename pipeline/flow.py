@@ -27,6 +27,7 @@ from pipeline.config import Config
 from pipeline.engine import Engine, Output, Report
 from pipeline.io.chunk import Chunk
 from pipeline.io.kafka import SourceHealth
+from pipeline.io.lifecycle import STOP, failpoint
 from pipeline.model import DecodeError, Event
 from pipeline.partial import Partial, summarize
 
@@ -97,8 +98,11 @@ class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
             self.engine.set_stage(self.control.stage)
         now = self.clock() if self.clock is not None else None
         chunk = value.chunk
-        if self.health is not None and chunk.offsets is not None:
-            self.health.note(chunk.partition, len(chunk.lines), chunk.lag)
+        failpoint("chunk")
+        if chunk.offsets is not None:
+            self.engine.source_state(chunk.partition, chunk.down, now)
+            if self.health is not None:
+                self.health.note(chunk.partition, len(chunk.lines), chunk.lag)
         if not chunk.lines and not chunk.last:
             return [], False  # a lag reading only: no data, so no sign of life for the idle rule
         if value.partial is not None:
@@ -107,9 +111,13 @@ class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
             out = self.engine.feed(value.items or [], chunk.partition, chunk.locate, now)
         if chunk.last:
             out.extend(self.engine.end_partition(chunk.partition))
+        if any(type(x) is Report for x in out):
+            failpoint("window_close")  # crash tests: a window closed, its verdict not yet out
         return out, False
 
     def on_eof(self) -> tuple[Iterable[Output], bool]:
+        if STOP.is_set():
+            return [], False  # a stop, not the end: open windows wait in the snapshot
         return self.engine.close(), False
 
     def notify_at(self) -> datetime | None:
@@ -122,16 +130,19 @@ class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
         return self.engine.tick(self.clock()), False
 
     def snapshot(self) -> Engine:
+        failpoint("snapshot")
         return self.engine
 
 
 def build_flow(cfg: Config, source: Source[Chunk], sinks: Sinks, *,
                partitions: Iterable[str] = ("0",), control: StageControl | None = None,
                clock: Callable[[], float] | None = None, health: SourceHealth | None = None,
-               workers: int = 1) -> Dataflow:
+               workers: int = 1, on_resume: Callable[[list[str]], None] | None = None) -> Dataflow:
     """The canary-gate dataflow over any chunk source and any sinks.
 
     `workers` is the total over all processes: the judge is placed on worker 0.
+    When the judge resumes from a recovery snapshot, its engine adopts `cfg`'s
+    stage and thresholds and `on_resume` hears what changed.
     """
     if not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"workers must be 1..{MAX_WORKERS} in total, got {workers}")
@@ -150,7 +161,13 @@ def build_flow(cfg: Config, source: Source[Chunk], sinks: Sinks, *,
         return Decoded(None, partial, chunk, max_bytes)
 
     def build(resume: Engine | None) -> _JudgeLogic:
-        return _JudgeLogic(resume if resume is not None else Engine(cfg, parts), control, clock, health)
+        if resume is None:
+            return _JudgeLogic(Engine(cfg, parts), control, clock, health)
+        stage = control.stage if control is not None else cfg.stage
+        notes = resume.reconfigure(cfg.with_stage(stage), parts)
+        if on_resume is not None:
+            on_resume(notes)
+        return _JudgeLogic(resume, control, clock, health)
 
     flow = Dataflow("canary_gate")
     chunks = op.input("source", flow, source)

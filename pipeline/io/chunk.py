@@ -16,6 +16,7 @@ class Chunk:
     last: bool = False  # the partition has no more data after this chunk
     offsets: list[int] | None = None  # Kafka offset of each message, when from Kafka
     lag: int | None = None  # Kafka: messages left behind this chunk, when just measured
+    down: bool = False  # Kafka: the broker cannot be reached (an empty chunk saying so)
 
     def locate(self, i: int) -> str:
         """Where message i came from: "file:line" or "topic/partition@offset"."""
