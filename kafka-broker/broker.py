@@ -87,6 +87,7 @@ class Broker:
     port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    command: tuple[str, ...] = ()
 
     @property
     def bootstrap(self) -> str:
@@ -112,6 +113,30 @@ class Broker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start the stopped broker again on the same log dir and ports; wait until it answers."""
+        if self.process is not None and self.process.poll() is None:
+            raise BrokerError("the broker is still running")
+        self._launch()
+
+    def _launch(self) -> None:
+        log = self.log.open("ab")
+        self.process = subprocess.Popen(list(self.command), stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        log.close()
+        (self.directory / "broker.pid").write_text(str(self.process.pid))
+        (self.directory / "bootstrap").write_text(self.bootstrap)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BrokerError(f"Kafka broker exited with {self.process.returncode}:\n{self.log_tail()}")
+            if _answers(self.port):
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise BrokerError(f"Kafka broker did not answer on {self.bootstrap} in {START_TIMEOUT_S} s:\n"
+                          f"{self.log_tail()}")
 
 
 def start(directory: Path, port: int | None = None, heap: str = "512m") -> Broker:
@@ -146,6 +171,7 @@ def start(directory: Path, port: int | None = None, heap: str = "512m") -> Broke
         "group.initial.rebalance.delay.ms=0",
         "auto.create.topics.enable=false",
         "log.retention.hours=24",
+        "message.max.bytes=4194304",  # room for the over-limit (1 MiB+) events the tests send
         "",
     ]))
     (directory / "log4j2.xml").write_text(LOG4J2)
@@ -157,22 +183,10 @@ def start(directory: Path, port: int | None = None, heap: str = "512m") -> Broke
                           "-c", str(props)], capture_output=True, text=True, check=False)
     if fmt.returncode != 0:
         raise BrokerError("formatting Kafka storage failed:\n" + (fmt.stdout + fmt.stderr)[-3000:])
-    log = (directory / "broker.log").open("wb")
-    process = subprocess.Popen([*jvm, "kafka.Kafka", str(props)], stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    broker = Broker(port, directory, process)
-    (directory / "broker.pid").write_text(str(process.pid))
-    (directory / "bootstrap").write_text(broker.bootstrap)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BrokerError(f"Kafka broker exited with {process.returncode}:\n{broker.log_tail()}")
-        if _answers(port):
-            return broker
-        time.sleep(0.5)
-    broker.stop()
-    raise BrokerError(f"Kafka broker did not answer on {broker.bootstrap} in {START_TIMEOUT_S} s:\n"
-                      f"{broker.log_tail()}")
+    (directory / "broker.log").write_bytes(b"")
+    broker = Broker(port, directory, None, (*jvm, "kafka.Kafka", str(props)))
+    broker._launch()
+    return broker
 
 
 def _running() -> tuple[int, str] | None:

@@ -279,11 +279,13 @@ def _prepare_recovery(path: Path, cfg: config_mod.Config, run: dict[str, Any]) -
             found = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise UsageError(f"--recovery-dir {path}: unreadable {RECOVERY_FILE}: {exc}") from None
-        for key, value in expected.items():
-            if found.get(key) != value:
-                was = found.get(key)
-                raise UsageError(f"--recovery-dir {path} holds a run with {key} {_show(was)}, this run has "
-                                 f"{_show(value)}: resume with the same, or use a new directory")
+        want, have = _flat(expected), _flat(found)
+        differ = [k for k in want if have.get(k) != want[k]]
+        if differ:
+            was = ", ".join(f"{k} {have.get(k)}" for k in differ)
+            now = ", ".join(f"{k} {want[k]}" for k in differ)
+            raise UsageError(f"--recovery-dir {path} holds a run with {was}; this run has {now}: "
+                             "resume with the same, or use a new directory")
         return
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise UsageError(f"--recovery-dir {path}: exists and is not a canary-gate recovery directory")
@@ -297,10 +299,16 @@ def _prepare_recovery(path: Path, cfg: config_mod.Config, run: dict[str, Any]) -
     marker.write_text(json.dumps(expected, indent=2) + "\n", encoding="utf-8")
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items())
-    return str(value)
+def _flat(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"fixed": {"windows": {"size_s": 60}}} -> {"windows.size_s": 60} (the "fixed" level dropped)."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = f"{prefix}{key}" if key != "fixed" else prefix.rstrip(".")
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{name}." if name else ""))
+        else:
+            out[name] = value
+    return out
 
 
 def _cluster(args: argparse.Namespace) -> tuple[list[str] | None, int]:

@@ -91,6 +91,27 @@ class _Judge:
     def canary_regions(self) -> list[str]:
         return sorted({r for (v, r) in self.h.c["user"] if v == self.canary})
 
+    def census(self, role: str) -> str:
+        """Why `role`'s variant may be missing: accepted events per variant in the horizon.
+
+        A typo in rollout.control or rollout.canary shows up here as a variant
+        that sent events under another name; the hint names the key to check.
+        """
+        seen = sorted(self.h.c["events"].items(), key=lambda kv: (-kv[1], str(kv[0])))
+        if not seen:
+            return " (no events at all)"
+        shown = ", ".join(f"{v!r} {n}" for v, n in seen[:5])
+        more = f" and {len(seen) - 5} more" if len(seen) > 5 else ""
+        unknown = any(v not in (self.control, self.canary) for v, _ in seen)
+        hint = f"; is rollout.{role} right?" if unknown else ""
+        return f" (events by variant: {shown}{more}{hint})"
+
+    def too_few(self, what: str, n: int, kn: int, need: int) -> str:
+        """Reason of a row short of data: which side is short, both counts and the threshold."""
+        short = " and ".join(role for role, k in (("canary", n), ("control", kn)) if k < need)
+        return (f"too few {what} on the {short}: canary {self.canary!r} {n}, "
+                f"control {self.control!r} {kn}; {need} needed each")
+
     # -- gates ---------------------------------------------------------------
     def schema_violations(self) -> list[_Row]:
         bad: Counter[str] = Counter()
@@ -105,7 +126,8 @@ class _Judge:
         control_n = self.h.count("events", self.control)
         nbad = sum(bad.values())
         if sent == 0:
-            return [_Row(GateStatus.INSUFFICIENT_DATA, "the canary sent nothing in the horizon",
+            return [_Row(GateStatus.INSUFFICIENT_DATA,
+                         f"the canary {self.canary!r} sent nothing in the horizon{self.census('canary')}",
                          observed=0, threshold=0, control_n=control_n)]
         if nbad:
             parts = ", ".join(f"{k} {n}" for k, n in sorted(bad.items()))
@@ -121,7 +143,8 @@ class _Judge:
         n, kn = sum(canary.values()), sum(control.values())
         if n < t.min_probe_events:
             return [_Row(GateStatus.INSUFFICIENT_DATA,
-                         f"{n} canary probes with ΔS < {t.min_probe_events} needed",
+                         f"too few canary probes with ΔS: {n} from {self.canary!r},"
+                         f" {t.min_probe_events} needed",
                          threshold=t.delta_s_median_max, canary_n=n, control_n=kn)]
         med = median(canary)
         row = _Row(GateStatus.PASS, f"median ΔS {med:.3f} <= {t.delta_s_median_max:g}",
@@ -168,7 +191,8 @@ class _Judge:
         label = f"p{t.latency_quantile * 100:g} {t.latency_field}"
         regions = self.canary_regions()
         if not regions:
-            return [_Row(GateStatus.INSUFFICIENT_DATA, "the canary had no user requests",
+            return [_Row(GateStatus.INSUFFICIENT_DATA,
+                         f"the canary {self.canary!r} had no user requests in the horizon",
                          threshold=t.latency_ratio_max)]
         rows = []
         for region in regions:
@@ -178,7 +202,7 @@ class _Judge:
             if n < t.min_warm_requests or kn < t.min_warm_requests:
                 rows.append(_Row(
                     GateStatus.INSUFFICIENT_DATA,
-                    f"warm requests canary {n}, control {kn}; {t.min_warm_requests} needed each",
+                    self.too_few("warm requests", n, kn, t.min_warm_requests),
                     region=region, threshold=t.latency_ratio_max, canary_n=n, control_n=kn))
                 continue
             cq = cs.quantile(t.latency_quantile) or 0.0
@@ -203,8 +227,10 @@ class _Judge:
         users = self.per_variant("user")
         n, kn = users[self.canary], users[self.control]
         if kn < t.min_warm_requests:
+            missing = self.census("control") if not self.h.count("events", self.control) else ""
             return [_Row(GateStatus.INSUFFICIENT_DATA,
-                         f"control {kn} requests < {t.min_warm_requests} needed",
+                         f"too few requests on the control: {kn} from {self.control!r},"
+                         f" {t.min_warm_requests} needed{missing}",
                          canary_n=n, control_n=kn)]
         p = n / (n + kn)
         control_classes = {(s, ph) for (v, s, ph) in self.h.c["classes"] if v == self.control}
@@ -244,8 +270,11 @@ class _Judge:
             if sum(vals.values()) >= t.min_probe_events
         }
         if not medians:
+            most = min(topics.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]), default=None)
+            best = (f"most: {sum(most[1].values())} on {most[0]!r}" if most
+                    else f"none from {self.canary!r}")
             return [_Row(GateStatus.INSUFFICIENT_DATA,
-                         f"no probe topic has {t.min_probe_events} canary probes with coverage",
+                         f"no probe topic has {t.min_probe_events} canary probes with coverage ({best})",
                          threshold=t.coverage_min, canary_n=total, control_n=control_n)]
         worst = min(medians.values())
         low = [f"{topic} {m:.3f}" for topic, m in medians.items() if m < t.coverage_min]
@@ -306,7 +335,8 @@ class _Judge:
         canary, control = states[self.canary], states[self.control]
         n, kn = counts[self.canary], counts[self.control]
         if not canary:
-            return [_Row(GateStatus.INSUFFICIENT_DATA, "no canary probe with a λ state",
+            return [_Row(GateStatus.INSUFFICIENT_DATA,
+                         f"the canary {self.canary!r} sent no probe with a λ state",
                          threshold=t.lambda_flip_stop, control_n=kn)]
         flips = sorted(pair for pair, s in canary.items()
                        if len(s) > 1 or (pair in control and control[pair] != s))
@@ -329,14 +359,15 @@ class _Judge:
         t = self.cfg.thresholds
         regions = self.canary_regions()
         if not regions:
-            return [_Row(GateStatus.INSUFFICIENT_DATA, "the canary had no user requests")]
+            return [_Row(GateStatus.INSUFFICIENT_DATA,
+                         f"the canary {self.canary!r} had no user requests in the horizon")]
         rows = []
         for region in regions:
             n = self.h.count("user", (self.canary, region))
             kn = self.h.count("user", (self.control, region))
             if n < t.min_warm_requests or kn < t.min_warm_requests:
                 rows.append(_Row(GateStatus.INSUFFICIENT_DATA,
-                                 f"requests canary {n}, control {kn}; {t.min_warm_requests} needed each",
+                                 self.too_few("requests", n, kn, t.min_warm_requests),
                                  region=region, canary_n=n, control_n=kn))
                 continue
             rate = self.h.count("errors", (self.canary, region)) / n
@@ -355,7 +386,7 @@ class _Judge:
         n, kn = self.h.count("cache", (self.canary, "n")), self.h.count("cache", (self.control, "n"))
         if not n or not kn:
             return [_Row(GateStatus.INSUFFICIENT_DATA,
-                         f"user requests with a cache block: canary {n}, control {kn}",
+                         self.too_few("user requests with a cache block", n, kn, 1),
                          canary_n=n, control_n=kn)]
         rate = self.h.count("cache", (self.canary, "hit")) / n
         control_rate = self.h.count("cache", (self.control, "hit")) / kn

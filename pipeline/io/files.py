@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import itertools
 import queue
@@ -177,10 +178,8 @@ class _LinePartition(StatefulSinkPartition[Any, int | None]):
 
     def close(self) -> None:
         if not self.stdout:
-            try:
+            with contextlib.suppress(OSError):  # a failed write already failed the run and said why
                 self.stream.close()
-            except OSError:
-                pass  # a failed write already failed the run and said why
 
 
 class JsonlSink(FixedPartitionedSink[Any, int | None]):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import logging
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -74,6 +75,11 @@ class KafkaUrl:
 
     def __str__(self) -> str:
         return f"kafka://{self.bootstrap}/{self.topic}"
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"canary-gate: {message}\n")
+    sys.stderr.flush()
 
 
 def is_kafka(target: str | None) -> bool:
@@ -204,6 +210,7 @@ class _TelemetryPartition(StatefulSourcePartition[Chunk, int | None]):
         self.down_since: float | None = None  # monotonic time the broker was found unreachable
         self.last_probe = 0.0
         self.fatal: str | None = None
+        self.said_down = False
         self.consumer = Consumer({**config, "error_cb": self._on_error})
         self.consumer.assign([TopicPartition(topic, index, start)])
 
@@ -244,13 +251,24 @@ class _TelemetryPartition(StatefulSourcePartition[Chunk, int | None]):
         except KafkaException:
             assert self.down_since is not None
             waited = now - self.down_since
+            if not self.said_down:
+                self.said_down = True
+                _say(f"Kafka broker {self.bootstrap} unreachable ({self.name}): waiting up to "
+                     f"{self.broker_timeout_s:g} s for it")
             if waited >= self.broker_timeout_s:
                 fail(f"Kafka broker {self.bootstrap} unreachable for {waited:.0f} s "
                      f"(--broker-timeout {self.broker_timeout_s:g}): gave up reading {self.name}")
                 raise StopIteration from None
             return [Chunk(self.part, [], self.name, 0, offsets=[], down=True)]
-        self.down_since = None
+        self._back(now)
         return None
+
+    def _back(self, now: float) -> None:
+        if self.said_down and self.down_since is not None:
+            _say(f"Kafka broker {self.bootstrap} reachable again ({self.name}) after "
+                 f"{now - self.down_since:.0f} s: reading on from offset {self.next_offset}")
+        self.said_down = False
+        self.down_since = None
 
     def next_batch(self) -> list[Chunk]:
         if self.done or STOP.is_set():
@@ -276,8 +294,8 @@ class _TelemetryPartition(StatefulSourcePartition[Chunk, int | None]):
                     raise RuntimeError(f"error consuming from Kafka topic {self.name}: {err.str()}")
             msgs = good
         was_down = self.down_since is not None
-        if msgs:
-            self.down_since = None  # messages arrived: the broker is back
+        if msgs and was_down:
+            self._back(time.monotonic())  # messages arrived: the broker is back
         elif was_down:
             waiting = self._outage()
             if waiting is not None:

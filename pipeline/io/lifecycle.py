@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 
 STOP = threading.Event()
@@ -53,6 +54,7 @@ def failpoint(name: str) -> None:
     if _HITS[name] == _ARMED[1]:
         sys.stderr.write(f"canary-gate: failpoint {name}:{_ARMED[1]}: killing the process\n")
         sys.stderr.flush()
+        time.sleep(0.2)  # stderr may pass through a forwarding thread (cli._without_panic_noise)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
