@@ -179,8 +179,10 @@ def start(directory: Path, port: int | None = None, heap: str = "512m") -> Broke
     jvm = [java, f"-Xmx{heap}", "-XX:+UseSerialGC", f"-Dlog4j2.configurationFile={directory / 'log4j2.xml'}",
            "-cp", classpath]
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    fmt = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
-                          "-c", str(props)], capture_output=True, text=True, check=False)
+    # --cluster-id=ID, not "-t ID": a base64 id may start with "-" and read as an option
+    fmt = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "--standalone",
+                          f"--cluster-id={cluster_id}", "-c", str(props)],
+                         capture_output=True, text=True, check=False)
     if fmt.returncode != 0:
         raise BrokerError("formatting Kafka storage failed:\n" + (fmt.stdout + fmt.stderr)[-3000:])
     (directory / "broker.log").write_bytes(b"")

@@ -9,6 +9,7 @@ this decoder and the JSON Schema in agreement.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from typing import Annotated, Literal
@@ -102,6 +103,10 @@ class _Readable(Struct):
 
 _decoder = msgspec.json.Decoder(_Telemetry)
 _readable_decoder = msgspec.json.Decoder(_Readable)
+# msgspec recurses once per nesting level and raises RecursionError past the
+# interpreter's limit (about 1,000 levels); RFC 8259 section 9 lets a parser bound
+# nesting, so such a message is dead-lettered as invalid_json with this detail.
+_TOO_DEEP = "JSON nested too deeply to decode (more levels than the decoder allows)"
 _VARIANT_TEXT = re.compile(rb'"variant"\s*:\s*"([^"\\]{1,256})"')
 _TS_TEXT = re.compile(rb'"ts"\s*:\s*"([0-9A-Za-z:.+-]{1,64})"')
 
@@ -210,7 +215,8 @@ def _readable(raw: bytes) -> tuple[str | None, float | None]:
         found = _readable_decoder.decode(raw)
         variant = found.variant if isinstance(found.variant, str) and found.variant else None
         ts_text = found.ts if isinstance(found.ts, str) else None
-    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bad UTF-8
+    # msgspec raises UnicodeDecodeError for bad UTF-8, RecursionError for deep nesting
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         m = _VARIANT_TEXT.search(raw)
         variant = m.group(1).decode("utf-8", errors="replace") if m else None
         t = _TS_TEXT.search(raw)
@@ -227,14 +233,32 @@ def _failure(raw: bytes, reason: DeadLetterReason, detail: str, readable: bytes 
     return DecodeError(raw, reason, detail, variant, ts)
 
 
+def _reject_constant(name: str) -> float:
+    """json.loads hook: NaN, Infinity and -Infinity are not JSON."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _syntax_error(raw: bytes) -> str | None:
     """Why raw is not JSON at all, or None when it is (numbers beyond float range are JSON)."""
     try:
         msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
-        return None if "out of range" in str(exc) else str(exc)
+        if "out of range" not in str(exc):
+            return str(exc)
+        # msgspec stops at the number it cannot hold, before the rest is read:
+        # the standard parser checks the rest (numbers unconverted, NaN refused).
+        try:
+            json.loads(raw.decode("utf-8"), parse_float=len, parse_int=len,
+                       parse_constant=_reject_constant)
+        except RecursionError:
+            return _TOO_DEEP
+        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            return f"JSON is malformed: {err}"
+        return None
     except UnicodeDecodeError as exc:
         return f"not UTF-8: {exc}"
+    except RecursionError:
+        return _TOO_DEEP
     return None
 
 
@@ -257,13 +281,17 @@ def decode(raw: bytes, max_bytes: int = 1_048_576) -> Event | DecodeError:
         return _failure(raw, DeadLetterReason.SCHEMA, str(exc))
     except UnicodeDecodeError as exc:  # msgspec raises it, not DecodeError, for bad UTF-8 in a string
         return _failure(raw, DeadLetterReason.INVALID_JSON, f"not UTF-8: {exc}")
+    except RecursionError:  # skipping a deeply nested unknown field recurses too
+        return _failure(raw, DeadLetterReason.INVALID_JSON, _TOO_DEEP)
     except msgspec.DecodeError as exc:
-        reason = DeadLetterReason.INVALID_JSON
         detail = str(exc)
         # Valid JSON that msgspec refuses (e.g. numbers beyond float range) is a schema matter.
         if "out of range" in detail:
-            reason = DeadLetterReason.SCHEMA
-        return _failure(raw, reason, detail)
+            syntax = _syntax_error(raw)
+            if syntax is not None:
+                return _failure(raw, DeadLetterReason.INVALID_JSON, syntax)
+            return _failure(raw, DeadLetterReason.SCHEMA, detail)
+        return _failure(raw, DeadLetterReason.INVALID_JSON, detail)
 
 
 def decode_batch(lines: list[bytes], max_bytes: int = 1_048_576) -> list[Event | DecodeError]:

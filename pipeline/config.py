@@ -80,6 +80,8 @@ class Limits:
     max_event_bytes: int = 1_048_576
     max_label_values: int = 64
     dedupe_max_ids: int = 1_000_000
+    max_sticky_keys: int = 100_000  # sticky keys tracked per variant (sticky_flip); the rest are counted
+    max_question_ids: int = 4096  # probe question ids kept (lambda_convergence); the rest fold into "other"
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,8 @@ def parse(text: str) -> Config:
     thresholds = _section(doc, "thresholds", Thresholds)
     _check_thresholds(thresholds)
     limits = _section(doc, "limits", Limits)
-    for key in ("max_event_bytes", "max_label_values", "dedupe_max_ids"):
+    for key in ("max_event_bytes", "max_label_values", "dedupe_max_ids", "max_sticky_keys",
+                "max_question_ids"):
         if getattr(limits, key) < 1:
             raise ConfigError(f"limits.{key}", f"must be >= 1, got {getattr(limits, key)}")
 

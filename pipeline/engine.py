@@ -7,14 +7,16 @@ window that the watermark closed.  The clock (SPEC section 4):
 * watermark = min over live partitions of (largest event time seen there)
   - allowed_lateness_s; a partition that ended stops holding it back;
 * an event more than max_future_s ahead of the largest event time seen is a
-  `future` dead letter and moves no clock;
+  `future` dead letter and moves no clock (live runs, which pass the wall
+  time, also hold events to max_future_s past it, so a first event with a
+  broken clock cannot poison the stream);
 * an event whose window already closed is a `late` dead letter;
 * window [start, end) closes when the watermark reaches end; every window
   from the first to the last gets exactly one verdict, even an empty one.
 
 Nothing here reads the wall clock, so verdicts are a function of the events:
 a file, a Kafka topic and a replay of the same events judge alike.  The idle
-rule of live Kafka is `advance_to`, driven from outside with a wall time.
+rule of live Kafka is `tick`, driven from outside with a wall time.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from pipeline.stats import PHASES, ClosedWindow, LabelCaps, WindowStats
 STICKY_KEYS_MAX = 100_000
 QUANTILES = (0.5, 0.95, 0.99)
 INDEX_COMBOS_MAX = 50  # (variant, region, INDEX_HASH, metric, analyzer) series exported at most
+STALE_FIRST_S = 30 * 86400.0  # see Engine._stale_before
 
 
 class StickyTracker:
@@ -136,6 +139,7 @@ class Engine:
         self.lateness = cfg.windows.allowed_lateness_s
         self.max_future = cfg.windows.max_future_s
         self.n = cfg.windows.horizon_windows
+        self.stale_s = float(cfg.windows.horizon_s + cfg.windows.allowed_lateness_s)
         self.caps = LabelCaps.for_config(cfg)
         self.partitions = set(partitions)
         self.ended: set[str] = set()
@@ -149,7 +153,7 @@ class Engine:
         self.ids: dict[int, set[str]] = {}
         self.history: deque[tuple[int, ClosedWindow]] = deque()
         self.horizon = WindowStats.new()
-        self.sticky = StickyTracker((cfg.control, cfg.canary))
+        self.sticky = StickyTracker((cfg.control, cfg.canary), cap=cfg.limits.max_sticky_keys)
         self.pending_dead: Counter[tuple[str, str]] = Counter()
         self.clean_since: float | None = None
         self.totals: Counter[str] = Counter()
@@ -202,7 +206,23 @@ class Engine:
                     f"seen ({top:.3f})", item.variant, source=locate(i) if locate else None,
                     partition=partition, ts=ts))
                 continue
+            if now is not None and ts > now + max_future:
+                # live: a clock far ahead of this machine's cannot be real, even as the first event
+                out.append(self._dead(
+                    item.raw, DeadLetterReason.FUTURE,
+                    f"ts {ts:.3f} is more than {max_future} s ahead of the wall clock ({now:.3f})",
+                    item.variant, source=locate(i) if locate else None, partition=partition, ts=ts))
+                continue
             wid = int(ts // size)
+            if self.watermark == -math.inf and top is not None and ts < self._stale_before(partition):
+                # Before every partition has spoken the watermark is unknown; an event this far
+                # behind would open windows by the million and close at once: late already.
+                out.append(self._dead(
+                    item.raw, DeadLetterReason.LATE,
+                    f"ts {ts:.3f} is too far behind the event times seen to judge "
+                    f"(before {self._stale_before(partition):.3f}, watermark not yet known)",
+                    item.variant, source=locate(i) if locate else None, partition=partition, ts=ts))
+                continue
             if (wid + 1) * size <= self.watermark:
                 out.append(self._dead(
                     item.raw, DeadLetterReason.LATE,
@@ -258,7 +278,7 @@ class Engine:
                 self.idle.discard(partition)
                 self.holder = None
         self.partitions.add(partition)
-        if not self._fits(part, partition):
+        if not self._fits(part, partition) or (now is not None and part.ts.max() > now + self.max_future):
             self.totals["chunks_replayed"] += 1
             return self.feed(items(), partition, locate, now)
         caps = self.caps
@@ -298,6 +318,12 @@ class Engine:
             seen[1:] = before[:-1] if top is None else np.maximum(before[:-1], top)
         if bool((ts > seen + self.max_future).any()):
             return False
+        if self.watermark == -math.inf:
+            mine_top = self.part_max.get(partition)
+            highest = float(ts.max()) if mine_top is None else max(float(ts.max()), mine_top)
+            if float(ts.min()) < highest - self.stale_s or (top is not None and mine_top is None
+                                                            and float(ts.min()) < top - STALE_FIRST_S):
+                return False  # maybe stale before the clock started: `feed` decides event by event
         # late: its window closed under the watermark as it stood when the event arrived
         live = self.partitions - self.ended - self.idle
         others = live - {partition}
@@ -324,6 +350,20 @@ class Engine:
                 if ids is None and len(w.request_ids) > cap:
                     return False
         return True
+
+    def _stale_before(self, partition: str) -> float:
+        """Before the watermark is known: event times below this are late already.
+
+        Measured against the event's own partition (horizon + lateness behind its
+        latest), so it does not depend on how partitions interleave; a partition's
+        first event, which has nothing of its own to compare with, only against
+        STALE_FIRST_S behind the largest time seen (a backfill's partitions may
+        start far apart, a 1970 timestamp may not).
+        """
+        mine = self.part_max.get(partition)
+        if mine is not None:
+            return mine - self.stale_s
+        return (self.max_seen if self.max_seen is not None else math.inf) - STALE_FIRST_S
 
     def _window(self, wid: int) -> WindowStats:
         """Window `wid`, opened if need be (it must not have closed)."""
@@ -483,8 +523,10 @@ class Engine:
         """Count a dead letter in a window and return it for the dead-letter output.
 
         It counts in the window of its own event time when that can be read and
-        the window is still open (so the count does not depend on how
-        partitions interleave), else in the window its partition has reached.
+        is not past its partition's latest event, else (late, or no readable
+        time) in the window its partition has reached.  Both depend on that
+        partition's messages alone, not on how partitions interleave, so a run
+        resumed from a snapshot attributes every dead letter as before.
         """
         label = self.caps.admit("variant", variant) if variant else ""
         key = (label or "", str(reason))
@@ -493,12 +535,13 @@ class Engine:
         if anchor is None:
             self.pending_dead[key] += 1
             return DeadLetter(raw, reason, detail, variant, source)
-        wid = int(anchor // self.size)
-        if ts is not None and self.max_seen is not None:
-            # its own window, but never one past the last event's: that one may never close
-            wid = min(int(ts // self.size), int(self.max_seen // self.size))
-        if self.watermark > -math.inf:
-            wid = max(wid, int(self.watermark // self.size))  # never a window that has closed
+        wid = int(anchor // self.size)  # where its partition has got to: open, whatever the others did
+        if ts is not None and reason is not DeadLetterReason.LATE:
+            # its own window, but never one past its partition's latest (that one may never
+            # close); a late one's own window has closed: it counts where its partition is
+            wid = min(int(ts // self.size), wid)
+        if self.next_close is not None:
+            wid = max(wid, self.next_close)  # never a closed window, nor one before the first event's
         self._window(wid).c["dead"][key] += 1
         return DeadLetter(raw, reason, detail, variant, source)
 

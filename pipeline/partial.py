@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -60,7 +61,7 @@ class Partial:
     ts: npt.NDArray[np.float64]  # event times in arrival order
     repeated: npt.NDArray[np.bool_] | None  # which events repeat an earlier request_id (None: none)
     windows: list[WindowPart]
-    labels: dict[str, list[str]]  # label kind -> values in order of first appearance
+    labels: dict[str, list[Any]]  # kind -> values in order of first appearance ("rows": label tuples)
     repeats: list[tuple[int, str]]
 
     @property

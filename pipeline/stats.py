@@ -10,7 +10,11 @@ falls out.  Latency lives in `Sketch`es (see sketch.py), which also subtract.
 Memory bounds (per window, all from event content):
 * label values (variant, region, topic, prefix, INDEX_HASH, metric, analyzer)
   are capped by `LabelCaps` at `limits.max_label_values` each, the rest fold
-  into "other"; probe question ids are capped at QUESTION_CAP;
+  into "other"; probe question ids at `limits.max_question_ids`; values brought
+  by variants other than the control and canary take at most half of a cap;
+* λ states keep paraphrase and seed only for the control's and canary's probes
+  on questions under the cap (the ones the gate reads), so random paraphrase or
+  seed numbers on other probes cannot add keys;
 * ΔS and coverage are kept as exact counts of values rounded to 1e-4, so at
   most 10,001 distinct values per (variant, topic);
 * latency: 3 dense sketches (9 kB each) per (variant, region, warm/cold) while
@@ -20,7 +24,7 @@ Memory bounds (per window, all from event content):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, overload
 
@@ -31,7 +35,7 @@ from pipeline.model import Event
 from pipeline.sketch import PackedSketches, Sketch
 
 OTHER = "other"
-QUESTION_CAP = 4096
+QUESTION_CAP = 4096  # default of limits.max_question_ids
 PHASES = ("tffb", "tusable", "tfinal")
 PHASE_INDEX = {p: i for i, p in enumerate(PHASES)}
 
@@ -54,7 +58,10 @@ FAMILIES = (
     "cache",        # (variant, "n" | "hit") -> user requests with a cache block
 )
 
+_JUDGED: dict[str, bool] = {"judged": True}  # LabelCaps.admit context of the control's and canary's events
+_OTHERS: dict[str, bool] = {}  # ... and of other variants' (no keyword: partial.py's raw caps take none)
 LatencyKey = tuple[str, str, bool]  # variant, region, cold
+LamKey = tuple[str, str | None, int, int, int]  # variant, question, paraphrase, seed, λ state
 
 # Which label kind each position of a family's key holds (None: not a label).
 _KEY_KINDS: dict[str, tuple[str | None, ...]] = {
@@ -72,77 +79,180 @@ _KEY_KINDS: dict[str, tuple[str | None, ...]] = {
 _SIGNATURE = attrgetter("variant", "region", "x_warm", "probe_question", "status", "failure_phase",
                         "has_retrieval", "index_hash", "metric", "analyzer", "cache_prefix", "cache_hit")
 _LATENCY_KEY = attrgetter("variant", "region", "cold_start")
+LABEL_KINDS = ("variant", "region", "index_hash", "metric", "analyzer", "prefix", "topic", "question")
+# All label values of an event, variant first; admission reads these rows (see LabelCaps).
+_LABEL_ROW = attrgetter("variant", "region", "index_hash", "metric", "analyzer", "cache_prefix",
+                        "probe_topic", "probe_question")
+ROWS = "rows"  # the entry of ADMITTED that lists whole label rows
 ADMITTED = (  # label kinds taken from events, and where each is read
     ("variant", attrgetter("variant")), ("region", attrgetter("region")),
     ("index_hash", attrgetter("index_hash")), ("metric", attrgetter("metric")),
     ("analyzer", attrgetter("analyzer")), ("prefix", attrgetter("cache_prefix")),
     ("topic", attrgetter("probe_topic")), ("question", attrgetter("probe_question")),
+    # Last: every distinct label row (variant, region, ..., question), so that a partial
+    # aggregate tells the judge which variant brought each value (partial.summarize lists
+    # the values of every entry here in order of first appearance).
+    (ROWS, _LABEL_ROW),
 )
 _LATENCIES = attrgetter("tffb", "tusable", "tfinal")
 
 
 class LabelCaps:
-    """Caps the distinct values kept per event-derived label; the rest become "other"."""
+    """Caps the distinct values kept per event-derived label; the rest become "other".
 
-    def __init__(self, limit: int, reserved: dict[str, list[str]] | None = None) -> None:
+    Each label keeps at most `limit` values (probe question ids: `question_limit`),
+    the config's own names (`reserved`) included, in order of first appearance.
+    The reserved variants, the control and the canary, are the judged ones, and
+    a flood of other variants must not fold away the regions, topics or question
+    ids the gates judge them by.  So values are admitted in two contexts:
+
+    * on an event of the control or canary (`judged=True`): any free slot;
+    * on an event of any other variant: at most half the slots, and such an
+      event sees only the values admitted in its own context (and the
+      reserved ones); a value kept for the judged variants alone still counts
+      under "other" for the rest.
+
+    Either way a value's label in a context is settled the first time it is
+    offered in that context (a refusal means the label, or its share, is full
+    for good), so labels do not depend on how events are batched.  Variant
+    names are one context: the judged ones are reserved anyway.
+    """
+
+    # Default for engines pickled before this attribute existed (see also __setstate__).
+    question_limit: int = QUESTION_CAP
+
+    def __init__(self, limit: int, reserved: dict[str, list[str]] | None = None,
+                 question_limit: int = QUESTION_CAP) -> None:
         self.limit = limit
-        self.kinds: dict[str, dict[str, str]] = {}
-        self.folded: Counter[str] = Counter()
+        self.question_limit = question_limit
+        self.kinds: dict[str, dict[str, str]] = {}  # every value kept, per label
+        self.shared: dict[str, set[str]] = {}  # values other variants' events see (reserved included)
+        self.shares: Counter[str] = Counter()  # values admitted on other variants' events, per label
+        self.folded: Counter[str] = Counter()  # admissions refused, per label
         self.variants = self.kinds["variant"] = {}
         self.regions = self.kinds["region"] = {}
+        self.judged = frozenset((reserved or {}).get("variant", ()))
         # Values the config names always keep their own label, however many others come first.
         for kind, values in (reserved or {}).items():
             seen = self.kinds.setdefault(kind, {})
+            shared = self.shared.setdefault(kind, set())
             for value in values:
                 seen[value] = value
+                shared.add(value)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # Caps pickled before the judged share: every kept value was seen by all variants,
+        # and the reserved variants came first.
+        self.__dict__.setdefault("shared", {kind: set(seen) for kind, seen in self.kinds.items()})
+        self.__dict__.setdefault("shares", Counter())
+        self.__dict__.setdefault("judged", frozenset(list(self.kinds.get("variant", {}))[:2]))
 
     @classmethod
     def for_config(cls, cfg: Config) -> LabelCaps:
-        """Caps at limits.max_label_values with the config's own names reserved."""
+        """Caps at limits.max_label_values (questions: limits.max_question_ids), config names reserved."""
         reserved: dict[str, list[str]] = {"variant": [cfg.control, cfg.canary]}
         for spec in cfg.variants.values():
             for kind, value in (("index_hash", spec.index_hash), ("metric", spec.metric),
                                 ("analyzer", spec.analyzer), ("prefix", spec.cache_prefix)):
                 if value:
                     reserved.setdefault(kind, []).append(value)
-        return cls(cfg.limits.max_label_values, reserved)
+        return cls(cfg.limits.max_label_values, reserved, cfg.limits.max_question_ids)
+
+    def cap(self, kind: str) -> int:
+        """How many values label `kind` keeps."""
+        return self.question_limit if kind == "question" else self.limit
 
     def admit_all(self, events: list[Event]) -> None:
         """Admit every label value of `events` in order of first appearance."""
-        for kind, getter in ADMITTED:
-            for value in dict.fromkeys(map(getter, events)):
-                if value is not None:
-                    self.admit(kind, value, QUESTION_CAP if kind == "question" else None)
+        self.admit_rows(dict.fromkeys(map(_LABEL_ROW, events)))
 
-    def admit_values(self, labels: dict[str, list[str]]) -> None:
-        """Admit values listed per kind, each list in order of first appearance."""
-        for kind, values in labels.items():
-            limit = QUESTION_CAP if kind == "question" else None
+    def admit_rows(self, rows: Iterable[tuple[str | None, ...]]) -> None:
+        """Admit the values of label rows (variant first, kinds as LABEL_KINDS), in order."""
+        judged = self.judged
+        admit = self.admit
+        table = [(kind, self.kinds.setdefault(kind, {}), self.shared.setdefault(kind, set()))
+                 for kind in LABEL_KINDS]
+        for row in rows:
+            mine = row[0] in judged
+            for (kind, seen, shared), value in zip(table, row, strict=True):
+                # known values skip the call: a flood offers every row, nearly all known or refused
+                if value is not None and value not in (seen if mine else shared):
+                    admit(kind, value, judged=mine)
+
+    def admit_values(self, labels: Mapping[str, Sequence[Any]]) -> None:
+        """Admit the values a partial aggregate lists (its ROWS entry, in order of first appearance)."""
+        rows = labels.get(ROWS)
+        if rows is not None:
+            self.admit_rows(rows)
+            return
+        for kind, values in labels.items():  # values without their variants: as judged ones
             for value in values:
-                self.admit(kind, value, limit)
+                self.admit(kind, value, judged=True)
 
     @overload
-    def admit(self, kind: str, value: str, limit: int | None = None) -> str: ...
+    def admit(self, kind: str, value: str, limit: int | None = None, *, judged: bool = False) -> str: ...
     @overload
-    def admit(self, kind: str, value: None, limit: int | None = None) -> None: ...
+    def admit(self, kind: str, value: None, limit: int | None = None, *, judged: bool = False) -> None: ...
     @overload
-    def admit(self, kind: str, value: str | None, limit: int | None = None) -> str | None: ...
+    def admit(self, kind: str, value: str | None, limit: int | None = None, *,
+              judged: bool = False) -> str | None: ...
 
-    def admit(self, kind: str, value: str | None, limit: int | None = None) -> str | None:
-        """The value itself while under the cap, else OTHER (None stays None)."""
+    def admit(self, kind: str, value: str | None, limit: int | None = None, *,
+              judged: bool = False) -> str | None:
+        """The label of `value` on an event of a judged variant (`judged`) or of another one.
+
+        The value itself when kept for that context, or admitted now while
+        there is room; else OTHER.  None stays None.
+        """
         if value is None:
             return None
         seen = self.kinds.get(kind)
         if seen is None:
             seen = self.kinds[kind] = {}
-        got = seen.get(value)
-        if got is not None:
-            return got
-        if len(seen) >= (limit or self.limit):
-            self.folded[kind] += 1
-            return OTHER
-        seen[value] = value
-        return value
+        cap = limit or self.cap(kind)
+        if judged or kind == "variant":
+            got = seen.get(value)
+            if got is not None:
+                return got
+            if len(seen) < cap:
+                seen[value] = value
+                return value
+        else:
+            shared = self.shared.get(kind)
+            if shared is None:
+                shared = self.shared[kind] = set()
+            if value in shared:
+                return value
+            if self.shares[kind] < cap // 2 and (value in seen or len(seen) < cap):
+                seen[value] = value
+                shared.add(value)
+                self.shares[kind] += 1
+                return value
+        self.folded[kind] += 1
+        return OTHER
+
+    def label(self, kind: str, value: str, judged: bool) -> str:
+        """The label `value` was given in its context (no admission: it must have been offered)."""
+        if judged or kind == "variant":
+            return self.kinds.get(kind, {}).get(value, OTHER)
+        return value if value in self.shared.get(kind, ()) else OTHER
+
+    def lam_key(self, variant: str, key: LamKey) -> LamKey:
+        """Counter key of a probe's λ state: `key` is (variant label, question label, paraphrase,
+        seed, state) of a probe of `variant`.
+
+        The λ gate reads only the control's and canary's probes on questions that
+        kept their own label.  Other probes keep neither paraphrase nor seed
+        (question past the cap: (variant, OTHER, 0, 0, state); other variant:
+        (variant, question, 0, 0, state)), so random paraphrase and seed numbers
+        cannot grow the counters beyond the label caps.
+        """
+        if key[1] == OTHER:
+            return (key[0], OTHER, 0, 0, key[4])
+        if self.judged and variant not in self.judged:
+            return (key[0], key[1], 0, 0, key[4])
+        return key
 
 
 class WindowStats:
@@ -182,13 +292,14 @@ class WindowStats:
         user, statuses, errors, classes = c["user"], c["statuses"], c["errors"], c["classes"]
         index_obs, prefixes, cache = c["index_obs"], c["prefixes"], c["cache"]
         capped: dict[tuple[str, str], tuple[str, str]] = {}
+        admit, judged = caps.admit, caps.judged
         probes = pings = 0
         for sig, n in Counter(map(_SIGNATURE, evs)).items():
             variant, region, ping, question, status, phase, has_r, ih, metric, analyzer, prefix, hit = sig
+            ctx = _JUDGED if variant in judged else _OTHERS  # which values this event may see
             vr = capped.get((variant, region))
             if vr is None:
-                vr = capped[(variant, region)] = (caps.admit("variant", variant),
-                                                  caps.admit("region", region))
+                vr = capped[(variant, region)] = (admit("variant", variant), admit("region", region, **ctx))
             v = vr[0]
             events[v] += n
             if ping:
@@ -204,10 +315,10 @@ class WindowStats:
                 errors[vr] += n
                 classes[(v, status, phase or "none")] += n
             if has_r:
-                index_obs[(*vr, caps.admit("index_hash", ih), caps.admit("metric", metric),
-                           caps.admit("analyzer", analyzer))] += n
+                index_obs[(*vr, admit("index_hash", ih, **ctx), admit("metric", metric, **ctx),
+                           admit("analyzer", analyzer, **ctx))] += n
             if prefix is not None:
-                prefixes[(v, caps.admit("prefix", prefix))] += n
+                prefixes[(v, admit("prefix", prefix, **ctx))] += n
             if hit is not None:
                 cache[(v, "n")] += n
                 if hit:
@@ -225,26 +336,34 @@ class WindowStats:
         c = self.c
         for ev in probes:
             v = capped[(ev.variant, ev.region)][0]
+            ctx = _JUDGED if ev.variant in caps.judged else _OTHERS
             c["probes"][v] += 1
             if ev.delta_s is not None:
                 c["delta_s"][(v, round(ev.delta_s, 4))] += 1
             if ev.coverage is not None:
-                c["coverage"][(v, caps.admit("topic", ev.probe_topic), round(ev.coverage, 4))] += 1
+                c["coverage"][(v, caps.admit("topic", ev.probe_topic, **ctx), round(ev.coverage, 4))] += 1
             if ev.lambda_state >= 0:
-                q = caps.admit("question", ev.probe_question, QUESTION_CAP)
-                c["lam"][(v, q, ev.probe_paraphrase, ev.probe_seed, ev.lambda_state)] += 1
+                q = caps.admit("question", ev.probe_question, **ctx)
+                c["lam"][caps.lam_key(ev.variant, (v, q, ev.probe_paraphrase, ev.probe_seed,
+                                                   ev.lambda_state))] += 1
 
     def _add_latency(self, users: list[Event], capped: dict[tuple[str, str], tuple[str, str]]) -> None:
         codes: dict[tuple[str, str, bool], int] = {}
         index = np.fromiter((codes.setdefault(k, len(codes)) for k in map(_LATENCY_KEY, users)),
                             dtype=np.int64, count=len(users))
         values = np.array(list(map(_LATENCIES, users)), dtype=np.float64).reshape(len(users), 3)
-        for (variant, region, cold), code in codes.items():
-            key = (*capped[(variant, region)], cold)
+        # Raw keys past the label caps share their labels' sketches: one pass per label key,
+        # not per raw key (a flood of distinct values would otherwise cost a pass each).
+        labels: dict[LatencyKey, int] = {}
+        relabel = [labels.setdefault((*capped[(variant, region)], cold), len(labels))
+                   for variant, region, cold in codes]
+        if len(labels) < len(codes):
+            index = np.array(relabel, dtype=np.int64)[index]
+        for key, code in labels.items():
             sketches = self.latency.get(key)
             if sketches is None:
                 sketches = self.latency[key] = [Sketch(self.accuracy) for _ in PHASES]
-            rows = values if len(codes) == 1 else values[index == code]
+            rows = values if len(labels) == 1 else values[index == code]
             for j, sketch in enumerate(sketches):
                 sketch.add_many(rows[:, j])
 
@@ -270,31 +389,42 @@ class WindowStats:
         Every value must have been offered to `caps` already (in arrival order);
         values it did not admit count under "other", as `add_many` would have.
         """
-        kinds = caps.kinds
+        label, judged = caps.label, caps.judged
 
-        def relabel(kind: str | None, value: Any) -> Any:
+        def relabel(kind: str | None, value: Any, variant: str) -> Any:
+            """The label of a raw `value` on an event of raw `variant` (every key starts with it)."""
             if kind is None or value is None:
                 return value
-            seen = kinds.get(kind)
-            return OTHER if seen is None else seen.get(value, OTHER)
+            return label(kind, value, variant in judged)
 
         for family, counter in other.c.items():
             mine = self.c[family]
             layout = _KEY_KINDS[family]
-            if len(layout) == 1:
+            if family == "lam":  # pooled as add_many pools them (LabelCaps.lam_key)
+                for (variant, q, para, seed, state), n in counter.items():
+                    lam = (relabel("variant", variant, variant), relabel("question", q, variant),
+                           para, seed, state)
+                    mine[caps.lam_key(variant, lam)] += n
+            elif len(layout) == 1:
                 for value, n in counter.items():
-                    mine[relabel(layout[0], value)] += n
+                    mine[relabel(layout[0], value, value)] += n
             else:
                 for key, n in counter.items():
-                    mine[tuple(relabel(k, v) for k, v in zip(layout, key, strict=True))] += n
+                    mine[tuple(relabel(k, v, key[0]) for k, v in zip(layout, key, strict=True))] += n
         packed = other.packed
+        groups: dict[LatencyKey, list[int]] = {}  # label key -> raw keys folded into it
         for i, (variant, region, cold) in enumerate(other.keys):
-            key = (relabel("variant", variant), relabel("region", region), cold)
+            key = (relabel("variant", variant, variant), relabel("region", region, variant), cold)
+            groups.setdefault(key, []).append(i)
+        for key, raw in groups.items():
             mine_s = self.latency.get(key)
             if mine_s is None:
                 mine_s = self.latency[key] = [Sketch(self.accuracy) for _ in PHASES]
             for j, sketch in enumerate(mine_s):
-                sketch.merge_packed(packed, 3 * i + j)
+                if len(raw) == 1:
+                    sketch.merge_packed(packed, 3 * raw[0] + j)
+                else:
+                    _merge_packed_many(sketch, packed, [3 * i + j for i in raw])
 
     def subtract(self, other: ClosedWindow) -> None:
         """Remove a window merged in before (keeps counters free of zero entries)."""
@@ -338,6 +468,25 @@ class WindowStats:
             if v == variant and cold_start == cold and (region is None or r == region):
                 out.merge(sketches[i])
         return out
+
+
+def _merge_packed_many(sketch: Sketch, packed: PackedSketches, ids: list[int]) -> None:
+    """`sketch.merge_packed(packed, i)` for every i in `ids`, in one vectorised pass.
+
+    A flood of distinct label values folds many raw keys into one label key;
+    merging them one by one would cost a numpy call per raw key.
+    """
+    if packed.accuracy != sketch.accuracy:
+        raise ValueError(f"cannot merge sketches with relative accuracy {sketch.accuracy} and "
+                         f"{packed.accuracy}")
+    which = np.asarray(ids, dtype=np.int64)
+    lo = packed.bounds[which]
+    sizes = packed.bounds[which + 1] - lo
+    starts = np.cumsum(sizes) - sizes  # where each sketch's bins start in the selection
+    picks = np.repeat(lo - starts, sizes) + np.arange(int(sizes.sum()), dtype=np.int64)
+    added = np.bincount(packed.bins[picks], weights=packed.counts[picks], minlength=len(sketch.counts))
+    sketch.counts += added.astype(sketch.counts.dtype)
+    sketch.zero += int(packed.zeros[which].sum())
 
 
 def pack_latency(users: list[Event], accuracy: float = 0.01) -> tuple[list[LatencyKey], PackedSketches]:

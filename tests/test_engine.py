@@ -241,22 +241,67 @@ def test_label_admission_does_not_depend_on_batch_size() -> None:
     assert run(1) == run(2) == run(10)
 
 
+WALL = BASE_TS + 1000.0  # live tests: a wall clock a little after the events
+
+
 def test_live_idle_partition_stops_holding_the_watermark() -> None:
     eng = Engine(make_config(), partitions=("a", "b"))  # idle_close_s = 90
-    eng.tick(1000.0)
-    eng.feed([make_event(ts=BASE_TS + 5)], partition="b", now=1000.0)
-    assert _reports(eng.feed([make_event(ts=BASE_TS + 200)], partition="a", now=1001.0)) == []
-    assert _reports(eng.tick(1050.0)) == []  # b silent for 50 s: still holds the clock
-    assert _reports(eng.feed([make_event(ts=BASE_TS + 201)], partition="a", now=1090.0)) == []
-    out = _reports(eng.tick(1095.0))  # b silent for 95 s: a alone sets the watermark (171)
+    eng.tick(WALL + 0)
+    eng.feed([make_event(ts=BASE_TS + 5)], partition="b", now=WALL + 0)
+    assert _reports(eng.feed([make_event(ts=BASE_TS + 200)], partition="a", now=WALL + 1)) == []
+    assert _reports(eng.tick(WALL + 50)) == []  # b silent for 50 s: still holds the clock
+    assert _reports(eng.feed([make_event(ts=BASE_TS + 201)], partition="a", now=WALL + 90)) == []
+    out = _reports(eng.tick(WALL + 95))  # b silent for 95 s: a alone sets the watermark (171)
     assert [r.verdict.window_end for r in out] == [BASE_TS + 60, BASE_TS + 120]
 
 
 def test_live_silence_everywhere_advances_event_time_with_the_wall_clock() -> None:
     eng = Engine(make_config(), partitions=("a",))
-    eng.feed([make_event(ts=BASE_TS + 10)], partition="a", now=1000.0)
-    assert _reports(eng.tick(1080.0)) == []  # not idle yet
-    out = _reports(eng.tick(1100.0))  # idle: watermark = 10 - 30 + 100 = 80
+    eng.feed([make_event(ts=BASE_TS + 10)], partition="a", now=WALL + 0)
+    assert _reports(eng.tick(WALL + 80)) == []  # not idle yet
+    out = _reports(eng.tick(WALL + 100))  # idle: watermark = 10 - 30 + 100 = 80
     assert [r.verdict.window_end for r in out] == [BASE_TS + 60]
-    late = eng.feed([make_event(ts=BASE_TS + 20)], partition="a", now=1101.0)
+    late = eng.feed([make_event(ts=BASE_TS + 20)], partition="a", now=WALL + 101)
     assert [d.reason for d in _dead(late)] == [DeadLetterReason.LATE]
+
+
+def test_live_run_dead_letters_events_ahead_of_the_wall_clock_even_first() -> None:
+    """A first event from a broken clock far in the future must not become the stream's clock."""
+    cfg = make_config()
+    engine = Engine(cfg)
+    now = BASE_TS + 10
+    bogus = make_event(ts=BASE_TS + 10 * 365 * 86400)  # ten years ahead
+    out = engine.feed([bogus], now=now)
+    assert [d.reason for d in out if isinstance(d, DeadLetter)] == ["future"]
+    assert "ahead of the wall clock" in out[0].detail  # type: ignore[union-attr]
+    assert engine.max_seen is None and not engine.open
+    good = [make_event(ts=BASE_TS + i) for i in range(5)]
+    assert not [d for d in engine.feed(good, now=now) if isinstance(d, DeadLetter)]
+    assert engine.max_seen == BASE_TS + 4
+    # without a wall clock (files, replays) only the events decide
+    replay = Engine(cfg)
+    assert not replay.feed([make_event(ts=BASE_TS + 400)])
+
+
+def test_an_unreachable_broker_is_not_idleness() -> None:
+    """While a partition's broker is down the idle rule waits; reconnecting restarts its idle timer."""
+    eng = Engine(make_config(), partitions=("a",))  # idle_close_s = 90
+    eng.feed([make_event(ts=BASE_TS + 10)], partition="a", now=WALL)
+    eng.source_state("a", down=True, now=WALL + 5)
+    assert _reports(eng.tick(WALL + 500)) == []  # silent for 500 s, but because of the outage
+    eng.source_state("a", down=False, now=WALL + 500)
+    assert _reports(eng.tick(WALL + 580)) == []  # 80 s since it came back: not idle yet
+    out = _reports(eng.tick(WALL + 600))  # idle now: event time follows the wall clock again
+    assert [r.verdict.window_end for r in out] == [BASE_TS + 60]
+
+
+def test_an_event_far_behind_before_the_clock_started_is_late() -> None:
+    """Two partitions, one silent: a valid event from 1970 must not open window 0 (29M windows to judge)."""
+    eng = Engine(make_config(), partitions=("a", "b"))
+    eng.feed([make_event(ts=BASE_TS + 5)], partition="a")
+    out = eng.feed([make_event(ts=0.0)], partition="a")
+    assert [d.reason for d in _dead(out)] == [DeadLetterReason.LATE]
+    assert "too far behind the event times seen" in _dead(out)[0].detail
+    assert sorted(eng.open) == [int((BASE_TS + 5) // 60)]
+    # within the horizon it is still an event: the watermark is unknown, its window is open
+    assert not _dead(eng.feed([make_event(ts=BASE_TS - 300)], partition="b"))

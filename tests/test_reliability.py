@@ -48,7 +48,7 @@ def _topic(bootstrap: str, partitions: int) -> str:
 
 
 def _produce(bootstrap: str, topic: str, lines: list[bytes], partitions: int) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
     for i, line in enumerate(lines):
         producer.produce(topic, value=line, partition=i % partitions)
         if i % 5000 == 0:
@@ -87,6 +87,14 @@ def _dead_letters(path: Path) -> Counter[tuple[str, str, str]]:
                    for d in map(json.loads, path.read_text().splitlines()))
 
 
+def _differences(got: dict[str, Any], want: dict[str, Any]) -> str:
+    """The gate rows (and other fields) in which two verdict records differ, for a failure message."""
+    out = [f"{got['id']}:"] + [f"  {k}: {got[k]!r} != {want.get(k)!r}" for k in got
+                               if k != "gates" and got[k] != want.get(k)]
+    out += [f"  {a} !=\n  {b}" for a, b in zip(got["gates"], want["gates"], strict=False) if a != b]
+    return "\n".join(out)
+
+
 def _summary_events(stderr: str) -> int:
     """The event count of the run's summary line."""
     m = re.search(r"canary-gate: (?:stopped: )?(\d+) events in", stderr)
@@ -105,12 +113,12 @@ def _config(tmp_path: Path, stage: str | None = None) -> Path:
 
 # -- 1. kill -9 at five points, resume, compare --------------------------------------
 
-POINTS = [
-    "chunk:2",  # early: before the first snapshot
-    "chunk:70",  # mid-window
-    "window_close:4",  # right after a window closed, before its verdict is out
-    "verdict_write:3",  # during an output write (produced, not yet confirmed / half a file write)
-    "snapshot:5",  # while a snapshot is being taken
+POINTS = [  # each run resumes from the one before; small counts, so each is reached with input left
+    "chunk:2",  # early: before this run's first snapshot
+    "chunk:15",  # mid-window (a window is about 8 chunks of 100)
+    "window_close:2",  # right after a window closed, before its verdict is out
+    "verdict_write:2",  # during an output write (produced, not yet confirmed / half a file write)
+    "snapshot:3",  # while a snapshot is being taken
 ]
 
 
@@ -158,7 +166,7 @@ def test_kill_9_at_six_points_resumes_without_loss_or_double_counting(
     copies = Counter(r["id"] for r in got)
     assert set(copies) == set(expected), "a window's verdict is missing or unexpected"
     for record in got:  # a verdict re-emitted after a crash is the same verdict
-        assert record == expected[record["id"]], record["id"]
+        assert record == expected[record["id"]], _differences(record, expected[record["id"]])
     # Nothing counted twice: every window's counts equal the uninterrupted run's (above), and
     # so does the total of events judged, restored from the snapshots.
     assert _summary_events(final.stderr) == _summary_events(base.stderr)
@@ -415,3 +423,96 @@ def test_recovery_dir_refuses_a_run_it_cannot_resume(tmp_path: Path) -> None:
                  "--verdicts", str(tmp_path / "plain.jsonl"), "--dead-letters", str(tmp_path / "p.dl"))
     assert plain.returncode == 0
     assert resumed == (tmp_path / "plain.jsonl").read_text()
+
+
+# -- 5. hostile messages through the broker ----------------------------------------------
+
+def _hostile(control_line: bytes) -> list[bytes | None]:
+    """Messages no pipeline may choke on; none of them is the canary's (they must not move its gates)."""
+    import random
+
+    rng = random.Random(6)
+    doc = json.loads(control_line)
+    assert doc["variant"] == "control"
+
+    def variant_of(**changes: Any) -> bytes:
+        return json.dumps({**doc, **changes}).encode()
+
+    return [
+        *[bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))) for _ in range(10)],
+        *[control_line[:k] for k in (1, 10, len(control_line) // 2, len(control_line) - 1)],
+        control_line.replace(b'"control"', b'"control"\xff\xfe', 1),  # invalid UTF-8
+        json.dumps({**doc, "pad": "x" * 1_500_000}).encode(),  # 1.5 MB
+        b"[" * 100_000,
+        b'{"a":' * 50_000,
+        control_line.replace(b'"status": 200', b'"status": NaN', 1) if b'"status": 200' in control_line
+        else control_line[:-1] + b', "status": NaN}',
+        variant_of(latency_ms={"tffb": "Infinity", "tusable": 1, "tfinal": 1}),
+        control_line[:-1] + b', "latency_ms": {"tffb": 1e400, "tusable": 1, "tfinal": 1}}',
+        variant_of(status=10**40),
+        variant_of(cold_start="yes"),
+        variant_of(region=["us-east"]),
+        variant_of(ts="9999-12-31T23:59:59Z"),  # far future
+        variant_of(ts="1970-01-01T00:00:00Z"),  # far past: its window closed long ago
+        b"",
+        None,  # a tombstone: no value at all
+        b"null",
+        b'"just a string"',
+    ]
+
+
+def test_hostile_messages_through_the_broker_are_dead_lettered_and_change_no_verdict(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    import random
+
+    lines = list(scenarios.generate("healthy", 8, 15))
+    first_control = next(i for i, line in enumerate(lines) if b'"variant": "control"' in line
+                         or b'"variant":"control"' in line)
+    hostile = _hostile(lines[first_control])
+    rng = random.Random(8)
+    mixed: list[bytes | None] = list(lines[: first_control + 1])
+    rest = list(lines[first_control + 1:])
+    slots = sorted(rng.sample(range(len(rest)), len(hostile)))
+    for k, line in enumerate(rest):
+        mixed.append(line)
+        if slots and slots[0] == k:
+            slots.pop(0)
+            mixed.append(hostile[len(hostile) - len(slots) - 1])
+    assert sum(1 for m in mixed if m not in lines) == len(hostile)
+    config = _config(tmp_path)
+    clean, dirty = _topic(kafka_bootstrap, 1), _topic(kafka_bootstrap, 1)
+    _produce(kafka_bootstrap, clean, lines, 1)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 4_000_000})
+    for m in mixed:
+        producer.produce(dirty, value=m)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+    def run(topic: str) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+        out = tmp_path / f"{topic}.jsonl"
+        res = _cli("run", "--config", str(config), "--source", f"kafka://{kafka_bootstrap}/{topic}",
+                   "--until-end", "--verdicts", str(out), "--dead-letters", f"kafka://{kafka_bootstrap}/{topic}.dlq")
+        assert res.returncode == 0, res.stderr
+        return res, [json.loads(x) for x in out.read_text().splitlines()]
+
+    _, want = run(clean)
+    res_dirty, got = run(dirty)
+    assert got == want
+    assert re.search(rf"; {len(hostile)} dead letters \(", res_dirty.stderr), res_dirty.stderr
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"h-{uuid.uuid4().hex}",
+                         "enable.auto.commit": "false", "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition(f"{dirty}.dlq", 0, 0)])
+    dead: list[Any] = []
+    deadline = time.monotonic() + 30
+    while len(dead) < len(hostile) and time.monotonic() < deadline:
+        dead += [m for m in consumer.consume(100, 0.5) if m.error() is None]
+    consumer.close()
+    assert len(dead) == len(hostile)
+    reasons = Counter(dict(m.headers())["reason"].decode() for m in dead)
+    assert set(reasons) <= {"invalid_json", "schema", "too_large", "future", "late"}
+    assert reasons["too_large"] == 1 and reasons["future"] == 1 and reasons["late"] == 1, reasons
+    for m in dead:
+        headers = dict(m.headers())
+        assert headers["detail"] and headers["source_topic"] == dirty.encode()
+        if headers["reason"] == b"too_large":  # cut to fit the broker, its size kept
+            assert int(headers["truncated_from"]) > 1_500_000 and len(m.value()) < 1_000_000

@@ -463,9 +463,21 @@ def render_verdict(rollout: str) -> Callable[[Report], Message]:
     return render
 
 
+DEAD_LETTER_MAX_BYTES = 512 * 1024  # a dead letter's bytes past this are cut (broker message limits)
+
+
 def render_dead_letter(dead: DeadLetter) -> Message:
-    """Dead-letter message: the original bytes, with reason and origin as headers."""
+    """Dead-letter message: the original bytes, with reason and origin as headers.
+
+    A message over DEAD_LETTER_MAX_BYTES (a `too_large` one) keeps its first
+    DEAD_LETTER_MAX_BYTES, with its full size in a `truncated_from` header: the
+    broker's default limit (1 MB) would refuse it whole and fail the run.
+    """
     headers: Headers = [("reason", str(dead.reason).encode()), ("detail", dead.detail.encode()[:1024])]
+    raw = dead.raw
+    if len(raw) > DEAD_LETTER_MAX_BYTES:
+        headers.append(("truncated_from", str(len(raw)).encode()))
+        raw = raw[:DEAD_LETTER_MAX_BYTES]
     if dead.variant:
         headers.append(("variant", dead.variant.encode()[:256]))
     if dead.source:
@@ -475,4 +487,4 @@ def render_dead_letter(dead: DeadLetter) -> Message:
                         ("source_offset", m["offset"].encode())]
         else:
             headers.append(("source", dead.source.encode()))
-    return None, dead.raw, headers
+    return None, raw, headers

@@ -5,6 +5,8 @@ them on scrape; it is fed through an `ObserveSink` inside the dataflow.  Label v
 that come from events (variant, region) were already capped by the engine's
 `LabelCaps`; status codes are bounded by the schema (100-599) and failure
 phases by their enum, so no event can grow the series count without bound.
+Events counted under "other" because a label was full are counted per label
+(`label_folded_events_total`), read from each closed window's counters.
 Wall time (for event-time lag) comes from an injected clock.
 """
 
@@ -26,8 +28,22 @@ from prometheus_client.registry import Collector
 from pipeline.engine import Report
 from pipeline.io.kafka import SourceHealth
 from pipeline.model import DeadLetter, Decision, GateStatus, Verdict
+from pipeline.stats import OTHER
 
 PREFIX = "canary_gate"
+
+# Where a closed window shows events whose label folded into OTHER, per label:
+# (counter family, position of the label in its key; None: the key is the label).
+FOLDED_IN: dict[str, tuple[tuple[str, int | None], ...]] = {
+    "variant": (("events", None), ("duplicates", None), ("dead", 0)),
+    "region": (("user", 1), ("x_warm", 1)),
+    "index_hash": (("index_obs", 2),),
+    "metric": (("index_obs", 3),),
+    "analyzer": (("index_obs", 4),),
+    "prefix": (("prefixes", 1),),
+    "topic": (("coverage", 1),),
+    "question": (("lam", 1),),
+}
 
 
 class CanaryCollector(Collector):
@@ -54,6 +70,7 @@ class CanaryCollector(Collector):
         self.dedupe_overflow = 0
         self.labels: dict[str, int] = {}
         self.overflow: set[str] = set()
+        self.folded: Counter[str] = Counter({label: 0 for label in FOLDED_IN})
         self.dead_letters: Counter[str] = Counter()
 
     def observe(self, item: Report | DeadLetter) -> None:
@@ -88,6 +105,12 @@ class CanaryCollector(Collector):
                 self.dropped["x_warm"] += n
             for _, n in c.get("duplicates", {}).items():
                 self.dropped["duplicate"] += n
+            for label, places in FOLDED_IN.items():
+                for family, at in places:
+                    counter = c.get(family)
+                    if counter:
+                        self.folded[label] += sum(n for key, n in counter.items()
+                                                  if (key if at is None else key[at]) == OTHER)
 
     def latest(self) -> dict[str, dict[str, Any]]:
         """The latest verdict record per rollout."""
@@ -197,6 +220,10 @@ class CanaryCollector(Collector):
             full.add_metric([label], 1.0 if label in self.overflow else 0.0)
         yield kept
         yield full
+        yield _counter("label_folded_events",
+                       "Events counted under the label value 'other' because the label was full "
+                       "(limits.max_label_values; question: limits.max_question_ids).",
+                       ["label"], {(k,): n for k, n in self.folded.items()})
         if self.watermark is not None:
             wm = GaugeMetricFamily(f"{PREFIX}_watermark_timestamp_seconds",
                                    "Stream-wide event-time watermark.")
