@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,21 +69,28 @@ def _broker_module():  # type: ignore[no-untyped-def]
     return module
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """A real single-node Kafka broker for this test session (fresh log dir, free ports).
+@contextlib.contextmanager
+def running_broker(directory: Path):  # type: ignore[no-untyped-def]
+    """A real single-node Kafka broker in `directory` (fresh log dir, free ports), stopped at the end.
 
-    If it cannot start, the tests fail with the broker's log tail; they never skip.
+    If it cannot start, the test fails with the broker's log tail; it never skips.
     """
     broker_mod = _broker_module()
     try:
-        broker = broker_mod.start(tmp_path_factory.mktemp("kafka"))
+        broker = broker_mod.start(directory)
     except broker_mod.BrokerError as exc:
         pytest.fail(f"Kafka broker did not start: {exc}", pytrace=False)
     try:
-        yield broker.bootstrap
+        yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The broker shared by this test session."""
+    with running_broker(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker.bootstrap
 
 
 def free_port() -> int:

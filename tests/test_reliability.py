@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from conftest import ROOT, _broker_module, make_event
+from conftest import ROOT, make_event, running_broker
 
 from pipeline import scenarios
 
@@ -228,15 +228,8 @@ def test_stop_signal_snapshots_flushes_and_exits_0(kafka_bootstrap: str, tmp_pat
 @pytest.fixture
 def own_broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A broker of this test's own, which the test may stop and start."""
-    broker_mod = _broker_module()
-    try:
-        broker = broker_mod.start(tmp_path_factory.mktemp("kafka-own"))
-    except broker_mod.BrokerError as exc:
-        pytest.fail(f"Kafka broker did not start: {exc}", pytrace=False)
-    try:
+    with running_broker(tmp_path_factory.mktemp("kafka-own")) as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 def _reference(tmp_path: Path, config: Path, lines: list[bytes]) -> dict[str, dict[str, Any]]:
