@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,9 +27,12 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn
 
+import orjson
+
 from pipeline import config as config_mod
 from pipeline import scenarios
 from pipeline.io.lifecycle import STOP, failure
+from pipeline.model import format_time
 
 PROG = "canary-gate"
 
@@ -98,7 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--traffic-scale", type=float, default=1.0,
                      help="multiply user request rates (e.g. 100 for a load test)")
     gen.add_argument("--out", required=True,
-                     help="JSONL path (.gz compresses), '-' for stdout, or kafka://HOST:PORT/TOPIC")
+                     help="JSONL path (.gz compresses), '-' for stdout, kafka://HOST:PORT/TOPIC, "
+                     "or a .parquet path (an archive for replay)")
+    gen.add_argument("--format", choices=("jsonl", "parquet"),
+                     help="jsonl or parquet (default: parquet when --out ends with .parquet, else jsonl)")
     gen.add_argument("--rate", type=float, default=0.0,
                      help="Kafka: events per second to produce (default 0: as fast as possible)")
     gen.add_argument("--partitions", type=int, default=4,
@@ -106,10 +113,23 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--kafka-config", metavar="FILE", help="librdkafka settings (key=value lines)")
     gen.add_argument("--config-out", help="also write the rollout config the scenario is judged under")
 
-    replay = sub.add_parser("replay", help="judge archived JSONL streams, one verdict file each")
+    replay = sub.add_parser(
+        "replay", help="judge archived telemetry (JSONL, JSONL.gz, Parquet) as one stream; write the "
+        "verdict timeline, dead letters and an HTML report")
     replay.add_argument("--config", required=True)
-    replay.add_argument("archives", nargs="+", help=".jsonl or .jsonl.gz files")
-    replay.add_argument("--out", required=True, help="directory for <archive>.verdicts.jsonl files")
+    replay.add_argument("archives", nargs="+", metavar="ARCHIVE",
+                        help=".jsonl, .jsonl.gz or .parquet files, folders of them or globs, read in "
+                        "the order given (a folder's or glob's files by name)")
+    replay.add_argument("--out", default="replay",
+                        help="directory for <rollout>.verdicts.jsonl, .dead-letters.jsonl, "
+                        ".windows.jsonl, .report.html and <rollout>-figures/ (default ./replay)")
+    replay.add_argument("--thresholds", action="append", default=[], metavar="FILE",
+                        help="what-if: TOML with [thresholds], [promotion] or rollout.stage over the "
+                        "config; the decisions are re-run over the same aggregates and what changes "
+                        "is printed (repeatable)")
+    replay.add_argument("--batch-rows", type=int, default=1_000_000,
+                        help="messages decoded and aggregated at a time (default 1,000,000)")
+    replay.add_argument("--no-report", action="store_true", help="skip the HTML report and figures")
     return p
 
 
@@ -659,31 +679,56 @@ def _open_out(path: str) -> IO[bytes]:
     return open(path, "wb")
 
 
+def _generate_format(out: str, fmt: str | None) -> str:
+    """The format `generate` writes: --format, else parquet for a .parquet path; checked against --out."""
+    parquet_path = out.lower().endswith(".parquet")
+    if fmt is None:
+        return "parquet" if parquet_path else "jsonl"
+    if fmt == "parquet":
+        if out == "-" or out.startswith("kafka://"):
+            raise UsageError(f"--format parquet writes a file: --out must be a .parquet path, got {out!r}")
+        if not parquet_path:
+            raise UsageError(f"--format parquet: --out must end with .parquet (archives are read by "
+                             f"their suffix), got {out!r}")
+    elif parquet_path:
+        raise UsageError(f"--format jsonl: --out {out} ends with .parquet; use a .jsonl path or "
+                         "--format parquet")
+    return fmt
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Write a scenario as JSONL or produce it to Kafka (and optionally write its config)."""
+    """Write a scenario as JSONL or Parquet, or produce it to Kafka (and optionally write its config)."""
     if args.minutes < 1:
         raise UsageError(f"--minutes must be >= 1, got {args.minutes}")
     if not args.traffic_scale > 0:
         raise UsageError(f"--traffic-scale must be > 0, got {args.traffic_scale}")
     if args.rate < 0:
         raise UsageError(f"--rate must be >= 0, got {args.rate}")
+    fmt = _generate_format(args.out, args.format)
+    if fmt == "parquet":
+        _writable(args.out, "--out")
     if args.config_out:
         _writable(args.config_out, "--config-out")
         Path(args.config_out).write_text(scenarios.scenario_config(args.scenario), encoding="utf-8")
     lines = scenarios.generate(args.scenario, args.seed, args.minutes, traffic_scale=args.traffic_scale)
     if args.out.startswith("kafka://"):
         return _produce(args, lines)
-    out = _open_out(args.out)
-    n = 0
-    try:
-        for line in lines:
-            out.write(line + b"\n")
-            n += 1
-    finally:
-        if out is not sys.stdout.buffer:
-            out.close()
-        else:
-            out.flush()
+    if fmt == "parquet":
+        from pipeline.archive import write_parquet
+
+        n = write_parquet(lines, args.out)
+    else:
+        out = _open_out(args.out)
+        n = 0
+        try:
+            for line in lines:
+                out.write(line + b"\n")
+                n += 1
+        finally:
+            if out is not sys.stdout.buffer:
+                out.close()
+            else:
+                out.flush()
     if args.out != "-":
         _say(f"wrote {n} events of scenario {args.scenario} (seed {args.seed}, "
              f"{args.minutes} min) to {args.out}")
@@ -755,18 +800,76 @@ def _produce(args: argparse.Namespace, lines: Iterator[bytes]) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Judge each archive separately into DIR/<archive>.verdicts.jsonl."""
+    """Judge archives as one stream; write the timeline, dead letters, report and what-ifs."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pipeline import archive, replay
+    from pipeline.report import render, safe_name
+
     cfg = config_mod.load(args.config)
+    if args.batch_rows < 1:
+        raise UsageError(f"--batch-rows must be >= 1, got {args.batch_rows}")
+    base_text = Path(args.config).read_text(encoding="utf-8")
+    what_ifs = []
+    for path in args.thresholds:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--thresholds {path}: cannot read: {exc.strerror or exc}") from None
+        try:
+            what_ifs.append((path, replay.what_if_config(base_text, text)))
+        except config_mod.ConfigError as exc:
+            raise UsageError(f"--thresholds {path}: {exc}") from None
     out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir}: not a directory")
+    try:
+        archives = archive.open_archives(args.archives, args.batch_rows, cfg.limits.max_event_bytes)
+    except archive.ArchiveError as exc:
+        raise UsageError(str(exc)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
-    for archive in args.archives:
-        _check_source(archive)
-    for archive in args.archives:
-        base = out_dir / Path(_stem(archive)).name
-        code = run_pipeline(cfg, archive, RunOptions(verdicts=f"{base}.verdicts.jsonl",
-                                                     dead=f"{base}.dead-letters.jsonl"))
-        if code:
-            return code
+    base = out_dir / safe_name(cfg.name)
+    paths = {kind: Path(f"{base}.{kind}.jsonl") for kind in ("verdicts", "dead-letters", "windows")}
+    started = time.monotonic()
+    with (open(paths["verdicts"], "wb") as verdicts, open(paths["dead-letters"], "wb") as dead,
+          open(paths["windows"], "wb") as windows,
+          Progress(TextColumn("replaying"), BarColumn(), DownloadColumn(),
+                   TextColumn("{task.fields[events]}"), TimeRemainingColumn(), transient=True,
+                   disable=not sys.stderr.isatty()) as progress):
+        task = progress.add_task("replay", total=archives.total_bytes, events="")
+        seen = [0]
+
+        def advance(batch: replay.ArchiveBatch) -> None:
+            seen[0] += len(batch.frame) + len(batch.dead)
+            progress.update(task, advance=batch.done_bytes, events=f"{seen[0]:,} events")
+
+        try:
+            outcome = replay.replay(cfg, archives, verdicts=verdicts, dead_letters=dead, windows=windows,
+                                    on_batch=advance)
+        except archive.ArchiveError as exc:
+            _say(f"{exc}; verdicts so far are in {paths['verdicts']}")
+            return 1
+    elapsed = time.monotonic() - started
+    decisions = Counter(str(v.decision) for v in outcome.verdicts)
+    first = replay.first_stop(outcome.verdicts)
+    _say(f"replayed {outcome.events:,} events from {len(archives.files)} archive(s) in {elapsed:.1f} s "
+         f"({outcome.events / max(elapsed, 1e-9):,.0f} events/s): {len(outcome.verdicts)} verdicts ("
+         + ", ".join(f"{d} {n}" for d, n in sorted(decisions.items())) + f"), first stop "
+         f"{format_time(first.window_end) if first else 'never'}, {outcome.dead_letters} dead letters; "
+         f"timeline in {paths['verdicts']}")
+    records = []
+    for path, alt_cfg in what_ifs:
+        alt = list(replay.rejudge(alt_cfg, outcome.kept))
+        text, record = replay.describe(Path(path).name, replay.config_changes(cfg, alt_cfg),
+                                       outcome.verdicts, alt)
+        print(text)
+        records.append(record)
+        what_if_path = Path(f"{base}.what-if-{safe_name(Path(path).stem)}.verdicts.jsonl")
+        what_if_path.write_bytes(b"".join(orjson.dumps(v.to_record()) + b"\n" for v in alt))
+    if not args.no_report:
+        page = render(out_dir, cfg, [v.to_record() for v in outcome.verdicts], outcome.windows,
+                      records or None)
+        _say(f"report in {page}")
     return 0
 
 

@@ -135,10 +135,19 @@ def load(path: str | Path) -> Config:
 
 def parse(text: str) -> Config:
     """Validate TOML text as a rollout config."""
+    return parse_doc(read_toml(text))
+
+
+def read_toml(text: str) -> dict[str, Any]:
+    """TOML text as a table; ConfigError if it is not TOML."""
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("toml", f"not valid TOML: {exc}") from None
+
+
+def parse_doc(doc: dict[str, Any]) -> Config:
+    """Validate a parsed TOML table as a rollout config."""
     _only(doc, "", {"rollout", "variants", "windows", "promotion", "thresholds", "limits"})
 
     rollout = _table(doc, "rollout", required=True)

@@ -36,6 +36,7 @@ from pipeline.model import (
     Decision,
     DecodeError,
     Event,
+    GateRow,
     Verdict,
 )
 from pipeline.partial import Partial
@@ -130,8 +131,29 @@ class Report:
 Output = Report | DeadLetter
 
 
+def conclude(cfg: Config, wid: int, rows: tuple[GateRow, ...],
+             clean_since: float | None) -> tuple[Verdict, float | None]:
+    """The verdict of window `wid` from its gate rows, and the promotion clock after it.
+
+    `clean_since` is where the current run of clean verdicts began (None: the
+    last verdict was not clean); promotion needs it to span `cfg.sustain_s`.
+    """
+    size = cfg.windows.size_s
+    end = float((wid + 1) * size)
+    if not all_clean(rows):
+        clean_since = None
+    elif clean_since is None:
+        clean_since = end - size
+    sustained = clean_since is not None and end - clean_since >= cfg.sustain_s
+    return Verdict(cfg.name, cfg.stage, end, decide(rows, cfg.stage, sustained), rows), clean_since
+
+
 class Engine:
     """Owns the clock, open windows, the horizon and the promotion clock."""
+
+    # When a list: every closed window with its sticky context, in order, for re-judging
+    # the same aggregates under other thresholds (replay --thresholds).
+    kept: list[tuple[int, ClosedWindow, Context]] | None = None
 
     def __init__(self, cfg: Config, partitions: Iterable[str] = ("0",)) -> None:
         self.cfg = cfg
@@ -264,13 +286,15 @@ class Engine:
         return out
 
     def feed_partial(self, part: Partial, partition: str, items: Callable[[], list[Event | DecodeError]],
-                     locate: Callable[[int], str] | None = None, now: float | None = None) -> list[Output]:
+                     locate: Callable[[int], str] | None = None, now: float | None = None, *,
+                     fits: bool = False) -> list[Output]:
         """Process a chunk summarised where it was decoded (see partial.py).
 
         The summary is merged when no event in it is late, future or a
         duplicate under this clock, as `feed` would have found event by event;
         otherwise the chunk's events (`items()`) go through `feed`.  Either way
-        the verdicts are those of `feed` over the same events.
+        the verdicts are those of `feed` over the same events.  `fits`: the
+        caller has just checked `_fits` under this clock (no second check).
         """
         if now is not None:
             self.last_wall[partition] = now
@@ -278,7 +302,8 @@ class Engine:
                 self.idle.discard(partition)
                 self.holder = None
         self.partitions.add(partition)
-        if not self._fits(part, partition) or (now is not None and part.ts.max() > now + self.max_future):
+        late_clock = now is not None and part.ts.max() > now + self.max_future
+        if not (fits or self._fits(part, partition)) or late_clock:
             self.totals["chunks_replayed"] += 1
             return self.feed(items(), partition, locate, now)
         caps = self.caps
@@ -560,16 +585,11 @@ class Engine:
         self.sticky.evict(lo)
         both = self.sticky.both(lo)
         ctx = Context(tuple(both[:10]), len(both), self.sticky.untracked)
-        rows = judge(self.horizon, self.cfg, ctx)
-        end = float((wid + 1) * self.size)
-        if all_clean(rows):
-            if self.clean_since is None:
-                self.clean_since = end - self.size
-        else:
-            self.clean_since = None
-        sustained = self.clean_since is not None and end - self.clean_since >= self.cfg.sustain_s
-        decision = decide(rows, self.cfg.stage, sustained)
-        verdict = Verdict(self.cfg.name, self.cfg.stage, end, decision, rows)
+        if self.kept is not None:
+            self.kept.append((wid, closed, ctx))
+        verdict, self.clean_since = conclude(self.cfg, wid, judge(self.horizon, self.cfg, ctx),
+                                             self.clean_since)
+        decision = verdict.decision
         self.totals["verdicts"] += 1
         self.totals[f"decision_{decision}"] += 1
         return Report(
@@ -618,4 +638,4 @@ class Engine:
         return out
 
 
-__all__ = ["Decision", "Engine", "Output", "Report", "StickyTracker"]
+__all__ = ["Decision", "Engine", "Output", "Report", "StickyTracker", "conclude"]

@@ -31,6 +31,8 @@ DEFAULT_ACCURACY = 0.01
 MIN_VALUE = 1e-3
 MAX_VALUE = 1e7
 
+_LOG2 = math.log(2)
+_DENSE_BINS_MAX = 4_000_000  # bins counted densely in PackedSketches.from_values (32 MB)
 Counts = npt.NDArray[np.int32]  # per-bin counts of one horizon stay far below 2**31
 
 
@@ -50,8 +52,14 @@ class _Layout:
         )
 
     def indices(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-        keys = np.ceil(np.log(values) / math.log(2) * self.multiplier)
-        idx: npt.NDArray[np.int64] = np.clip(keys - self.key_lo, 0, self.size - 1).astype(np.int64)
+        # ceil(log(v) / log(2) * multiplier) - key_lo, clipped; in place, the same operations
+        keys = np.log(values)
+        keys /= _LOG2
+        keys *= self.multiplier
+        np.ceil(keys, out=keys)
+        keys -= self.key_lo
+        np.clip(keys, 0, self.size - 1, out=keys)
+        idx: npt.NDArray[np.int64] = keys.astype(np.int64)
         return idx
 
 
@@ -213,9 +221,21 @@ class PackedSketches:
         """
         layout = _layout(accuracy)
         positive = values > 0
-        zeros = np.bincount(ids[~positive], minlength=n)
-        combined = ids[positive] * layout.size + layout.indices(values[positive])
-        occupied, counts = np.unique(combined, return_counts=True)
+        if positive.all():  # the usual case: no copies for the zero bucket
+            zeros = np.zeros(n, dtype=np.int64)
+            combined = layout.indices(values)
+        else:
+            zeros = np.bincount(ids[~positive], minlength=n)
+            ids = ids[positive]
+            combined = layout.indices(values[positive])
+        combined += ids * layout.size
+        if n * layout.size <= max(_DENSE_BINS_MAX, 4 * len(combined)):
+            # a count per possible bin is one linear pass; sorting the values costs more
+            dense = np.bincount(combined, minlength=n * layout.size)
+            occupied = np.flatnonzero(dense)
+            counts = dense[occupied]
+        else:  # many sketches, few values each: only the occupied bins
+            occupied, counts = np.unique(combined, return_counts=True)
         owner = occupied // layout.size
         return cls(
             accuracy,
@@ -225,8 +245,53 @@ class PackedSketches:
             zeros.astype(np.int64),
         )
 
+    @classmethod
+    def from_columns(cls, keys: npt.NDArray[np.int64], columns: list[npt.NDArray[np.float64]], n: int,
+                     accuracy: float = DEFAULT_ACCURACY) -> PackedSketches:
+        """Pack n * len(columns) sketches: sketch k * len(columns) + j holds columns[j][i] for every
+        i with keys[i] == k.
+
+        Equal to `from_values` over the same values, without building an id per
+        value: one binning pass per column, counted densely.
+        """
+        layout = _layout(accuracy)
+        width = len(columns)
+        total = n * width
+        if total * layout.size > max(_DENSE_BINS_MAX, 4 * len(keys) * width):
+            ids = (keys[:, None] * width + np.arange(width)).ravel()
+            return cls.from_values(ids, np.stack(columns, axis=1).ravel(), total, accuracy)
+        dense = np.zeros(total * layout.size, dtype=np.int64)
+        zeros = np.zeros(total, dtype=np.int64)
+        base = keys * (width * layout.size)
+        for j, values in enumerate(columns):
+            positive = values > 0
+            if positive.all():
+                bins = layout.indices(values)
+                bins += base
+            else:
+                zeros += np.bincount(keys[~positive] * width + j, minlength=total)
+                bins = layout.indices(values[positive])
+                bins += base[positive]
+            bins += j * layout.size
+            dense += np.bincount(bins, minlength=total * layout.size)
+        occupied = np.flatnonzero(dense)
+        owner = occupied // layout.size
+        return cls(
+            accuracy,
+            np.searchsorted(owner, np.arange(total + 1)).astype(np.int64),
+            (occupied - owner * layout.size).astype(np.int16),
+            dense[occupied].astype(np.uint32),
+            zeros,
+        )
+
     def __len__(self) -> int:
         return len(self.zeros)
+
+    def slice(self, start: int, stop: int) -> PackedSketches:
+        """Sketches start..stop-1 as a packed set of their own."""
+        lo, hi = int(self.bounds[start]), int(self.bounds[stop])
+        return PackedSketches(self.accuracy, self.bounds[start:stop + 1] - lo, self.bins[lo:hi],
+                              self.counts[lo:hi], self.zeros[start:stop])
 
     def count(self, i: int) -> int:
         """Number of values in the i-th sketch."""

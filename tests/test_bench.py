@@ -17,6 +17,8 @@ from conftest import ROOT
         ("memory.py", ["--keys", "20", "--per-key", "5", "--windows", "12"], r"RSS growth\s+-?\d+\.\d MB"),
         ("kafka_throughput.py", ["--events", "20000", "--partitions", "2", "--rounds", "1"],
          r"b/a \d+\.\d+\s+c/b \d+\.\d+"),
+        ("replay.py", ["--events", "20000", "--rounds", "1", "--core-events", "5000"],
+         r"b/a \d+\.\d+\s+b/c \d+\.\d+"),
     ],
 )
 def test_benchmark_script_runs(script: str, args: list[str], expect: str) -> None:

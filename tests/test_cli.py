@@ -99,14 +99,21 @@ def test_stdin_to_stdout(config_file: Path) -> None:
     assert dead["reason"] == "invalid_json" and dead["line"] == "not json"
 
 
-def test_replay_writes_one_verdict_file_per_archive(tmp_path: Path, config_file: Path) -> None:
-    for name in ("a", "b"):
-        (tmp_path / f"{name}.jsonl").write_bytes(b"\n".join(scenarios.generate("healthy", 3, 2)) + b"\n")
+def test_replay_reads_several_archives_as_one_stream(tmp_path: Path, config_file: Path) -> None:
+    lines = list(scenarios.generate("healthy", 3, 4))
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join(lines[:2000]) + b"\n")
+    (tmp_path / "b.jsonl").write_bytes(b"\n".join(lines[2000:]) + b"\n")
+    (tmp_path / "all.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     res = _cli("replay", "--config", str(config_file), str(tmp_path / "a.jsonl"),
-               str(tmp_path / "b.jsonl"), "--out", str(tmp_path / "out"))
+               str(tmp_path / "b.jsonl"), "--out", str(tmp_path / "out"), "--no-report")
     assert res.returncode == 0, res.stderr
-    a = (tmp_path / "out" / "a.verdicts.jsonl").read_text()
-    assert a and a == (tmp_path / "out" / "b.verdicts.jsonl").read_text()
+    assert b"from 2 archive(s)" in res.stderr
+    res = _cli("replay", "--config", str(config_file), str(tmp_path / "all.jsonl"),
+               "--out", str(tmp_path / "all"), "--no-report")
+    assert res.returncode == 0, res.stderr
+    name = "chat-rag-v2.verdicts.jsonl"
+    split = (tmp_path / "out" / name).read_text()
+    assert split and split == (tmp_path / "all" / name).read_text()
 
 
 def test_bundled_example_is_consistent() -> None:
