@@ -741,6 +741,7 @@ _STICKY = re.compile(rb'"sticky"\s*:\s*"([^"\\]*)"')
 def _produce(args: argparse.Namespace, lines: Iterator[bytes]) -> int:
     """Produce a scenario to Kafka, keyed by sticky, at --rate events/s (0: as fast as possible)."""
     from confluent_kafka import KafkaException, Producer
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from pipeline.io import kafka
@@ -765,7 +766,7 @@ def _produce(args: argparse.Namespace, lines: Iterator[bytes]) -> int:
     with Progress(TextColumn("producing"), BarColumn(), TextColumn("{task.completed:,} events"),
                   TimeElapsedColumn(),
                   transient=False, disable=not sys.stderr.isatty(),
-                  console=None) as progress:
+                  console=Console(stderr=True)) as progress:
         task = progress.add_task("produce", total=None)  # streamed: the total is not known up front
         n = 0
         for i, line in enumerate(lines):
@@ -801,6 +802,7 @@ def _produce(args: argparse.Namespace, lines: Iterator[bytes]) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Judge archives as one stream; write the timeline, dead letters, report and what-ifs."""
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pipeline import archive, replay
@@ -835,7 +837,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
           open(paths["windows"], "wb") as windows,
           Progress(TextColumn("replaying"), BarColumn(), DownloadColumn(),
                    TextColumn("{task.fields[events]}"), TimeRemainingColumn(), transient=True,
-                   disable=not sys.stderr.isatty()) as progress):
+                   disable=not sys.stderr.isatty(), console=Console(stderr=True)) as progress):
         task = progress.add_task("replay", total=archives.total_bytes, events="")
         seen = [0]
 

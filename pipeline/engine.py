@@ -307,9 +307,9 @@ class Engine:
             self.totals["chunks_replayed"] += 1
             return self.feed(items(), partition, locate, now)
         caps = self.caps
-        for wid, variant in part.repeats:
-            self._window(wid).c["duplicates"][caps.admit("variant", variant)] += 1
-            self.totals["duplicates"] += 1
+        for (wid, variant), n in Counter(part.repeats).items():  # first appearances keep their order
+            self._window(wid).c["duplicates"][caps.admit("variant", variant)] += n
+            self.totals["duplicates"] += n
         caps.admit_values(part.labels)
         for w in part.windows:
             self._window(w.wid).merge_relabeled(w.stats, caps)

@@ -56,13 +56,8 @@ _LABEL_COLUMNS = ("variant", "region", "index_hash", "metric", "analyzer", "cach
                   "probe_question")  # stats._LABEL_ROW's order
 _FEW_WINDOWS = 64  # up to this many windows in a batch, rows are split by comparison, not sorting
 _NO_SKETCHES = PackedSketches.from_values(np.zeros(0, dtype=np.int64), np.zeros(0), 0)
-
 _PROBE_COLUMNS = ("variant", "probe_question", "probe_topic", "probe_paraphrase", "probe_seed", "delta_s",
                   "coverage", "lambda_state")
-_LABEL_COLUMNS = ("variant", "region", "index_hash", "metric", "analyzer", "cache_prefix", "probe_topic",
-                  "probe_question")  # stats._LABEL_ROW's order
-_FEW_WINDOWS = 64  # up to this many windows in a batch, rows are split by comparison, not sorting
-_NO_SKETCHES = PackedSketches.from_values(np.zeros(0, dtype=np.int64), np.zeros(0), 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +179,11 @@ def _windows_in_order(wids: npt.NDArray[np.int64], keep: npt.NDArray[np.bool_]) 
     kept = wids[keep]
     if len(kept) == 0:
         return []
-    distinct = np.flatnonzero(np.bincount(kept - kept.min())) + kept.min()
-    if len(distinct) == 1:
-        return [int(distinct[0])]
-    if len(distinct) <= _FEW_WINDOWS:
+    low, high = int(kept.min()), int(kept.max())
+    if low == high:
+        return [low]
+    if high - low < _FEW_WINDOWS:  # far-apart times (a late event from years ago) count no range
+        distinct = np.flatnonzero(np.bincount(kept - low)) + low
         return sorted(distinct.tolist(), key=lambda w: int(np.argmax(kept == w)))
     values, first = np.unique(kept, return_index=True)
     ordered: list[int] = values[np.argsort(first)].tolist()

@@ -263,3 +263,54 @@ def test_glob_of_jsonl_archives_reads_them_in_name_order(tmp_path: Path) -> None
     globbed, _ = _replay(cfg_path, tmp_path / "globbed", str(tmp_path / "g" / "*"), extra=("--no-report",))
     assert globbed == whole
     shutil.rmtree(tmp_path / "g")
+
+
+def test_far_off_event_times_are_dead_letters_as_in_the_stream(tmp_path: Path) -> None:
+    """A valid event from years ago (late) or far ahead (future) mid-archive: no window, same verdicts."""
+    cfg_path, _, lines = _scenario(tmp_path, "healthy", seed=21)
+    odd = []
+    for i, line in enumerate(lines):
+        odd.append(line)
+        if i in (3000, 9000):
+            record = json.loads(line)
+            record["ts"] = "1971-01-01T00:00:00Z" if i == 3000 else "2100-01-01T00:00:00Z"
+            odd.append(json.dumps(record).encode())
+    hostile = tmp_path / "odd.jsonl"
+    hostile.write_bytes(b"".join(line + b"\n" for line in odd))
+    parquet = tmp_path / "odd.parquet"
+    archive.write_parquet(odd, parquet)
+    stream, stream_dead = _stream(tmp_path, cfg_path, hostile)
+    assert sorted(d["reason"] for d in stream_dead) == ["future", "late"]
+    for source in (hostile, parquet):
+        verdicts, dead = _replay(cfg_path, tmp_path / f"out-{source.suffix}", source, extra=("--no-report",))
+        assert verdicts == stream
+        assert [(d["reason"], d["detail"]) for d in dead] == [(d["reason"], d["detail"]) for d in stream_dead]
+
+
+def test_progress_bar_shows_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal the replay draws a progress bar (bytes and events); piped, only the summary line."""
+    import os
+    import pty
+
+    cfg_path, jsonl, _ = _scenario(tmp_path, "healthy", seed=30)
+    argv = [sys.executable, "-m", "pipeline.cli", "replay", "--config", str(cfg_path), str(jsonl),
+            "--out", str(tmp_path / "out"), "--no-report", "--batch-rows", "2000"]
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=secondary,
+                            env={**os.environ, "COLUMNS": "120"})
+    os.close(secondary)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=120) == 0
+    os.close(primary)
+    assert b"replaying" in seen and b"events" in seen, seen[-500:]
+    piped = subprocess.run(argv, cwd=ROOT, capture_output=True, timeout=120, check=False)
+    assert piped.returncode == 0
+    assert b"replaying" not in piped.stderr and len(piped.stderr.decode().strip().splitlines()) == 1
