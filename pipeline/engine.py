@@ -363,7 +363,8 @@ class Engine:
         marks = np.empty_like(ts)
         marks[0] = self.watermark
         marks[1:] = mark[:-1]
-        if bool(((np.floor_divide(ts, size) + 1) * size <= marks).any()):
+        windows = np.floor_divide(ts, size) if part.wids is None else part.wids
+        if bool(((windows + 1) * size <= marks).any()):
             return False
         cap = self.cfg.limits.dedupe_max_ids
         for w in part.windows:

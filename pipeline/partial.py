@@ -63,6 +63,7 @@ class Partial:
     windows: list[WindowPart]
     labels: dict[str, list[Any]]  # kind -> values in order of first appearance ("rows": label tuples)
     repeats: list[tuple[int, str]]
+    wids: npt.NDArray[np.int64] | None = None  # the window of each event (ts // size), when known
 
     @property
     def events(self) -> int:

@@ -47,13 +47,15 @@ PARTITION = "0"  # an archive is one stream, as a file source is
 SMALL = 512  # segments shorter than this are fed event by event (a summary costs more)
 SPLIT_MIN = 4096  # a misfitting batch is halved down to this size, then fed event by event
 
-# Everything the counters and label caps read of an event (stats._SIGNATURE and _LABEL_ROW), its
-# window and latency key: events with equal values here count alike.
-_GROUP_KEYS = ("wid", "variant", "region", "cold_start", "x_warm", "probe_question", "probe_topic", "status",
-               "failure_phase", "has_retrieval", "index_hash", "metric", "analyzer", "cache_prefix",
-               "cache_hit")
+# Everything the counters read of an event (stats._SIGNATURE, with whether it is a probe) and its
+# window: events with equal values here count alike.
+_GROUP_KEYS = ("wid", "variant", "region", "x_warm", "probe", "status", "failure_phase", "has_retrieval",
+               "index_hash", "metric", "analyzer", "cache_prefix", "cache_hit")
 _LABEL_COLUMNS = ("variant", "region", "index_hash", "metric", "analyzer", "cache_prefix", "probe_topic",
                   "probe_question")  # stats._LABEL_ROW's order
+# What the counters and label caps read of a frame.
+_NARROW = tuple(dict.fromkeys((*_LABEL_COLUMNS, "x_warm", "status", "failure_phase", "has_retrieval",
+                               "cache_hit", "row")))
 _FEW_WINDOWS = 64  # up to this many windows in a batch, rows are split by comparison, not sorting
 _NO_SKETCHES = PackedSketches.from_values(np.zeros(0, dtype=np.int64), np.zeros(0), 0)
 _PROBE_COLUMNS = ("variant", "probe_question", "probe_topic", "probe_paraphrase", "probe_seed", "delta_s",
@@ -91,7 +93,8 @@ def summarize_frame(events: pl.DataFrame, size: float, variants: tuple[str, ...]
     present = rid.is_not_null().to_numpy()
     repeated, repeats = _repeats(events, wids, hashes, present)
     keep = np.ones(len(ts), dtype=np.bool_) if repeated is None else ~repeated
-    narrow = events.select(*_GROUP_KEYS[1:], "row").with_columns(wid=pl.Series(wids, dtype=pl.Int64))
+    narrow = events.select(*_NARROW).with_columns(
+        wid=pl.Series(wids, dtype=pl.Int64), probe=pl.col("probe_question").is_not_null())
     if repeated is not None:
         narrow = narrow.filter(pl.Series(keep))
     groups = narrow.group_by(_GROUP_KEYS).agg(n=pl.len())
@@ -107,14 +110,15 @@ def summarize_frame(events: pl.DataFrame, size: float, variants: tuple[str, ...]
         return found
 
     label_rows: dict[tuple[Any, ...], None] = {}
-    for (wid, variant, region, _, ping, question, topic, status, phase, has_r, ih, metric, analyzer,
-         prefix, hit, n) in groups.iter_rows():
-        label_rows[(variant, region, ih, metric, analyzer, prefix, topic, question)] = None
+    for (wid, variant, region, ping, probe, status, phase, has_r, ih, metric, analyzer, prefix, hit,
+         n) in groups.iter_rows():
+        if not probe:  # a probe's label row has its topic and question: taken below
+            label_rows[(variant, region, ih, metric, analyzer, prefix, None, None)] = None
         family(wid, "events")[variant] += n  # as WindowStats.add_many, with raw labels
         if ping:
             family(wid, "x_warm")[(variant, region)] += n
             continue
-        if question is not None:
+        if probe:
             continue
         family(wid, "user")[(variant, region)] += n
         family(wid, "statuses")[(variant, region, status)] += n
@@ -129,10 +133,12 @@ def summarize_frame(events: pl.DataFrame, size: float, variants: tuple[str, ...]
             family(wid, "cache")[(variant, "n")] += n
             if hit:
                 family(wid, "cache")[(variant, "hit")] += n
-    labels = {ROWS: _in_order(label_rows, narrow, caps)}
-
     ping = events["x_warm"].to_numpy()
     probe = events["probe_question"].is_not_null().to_numpy()
+    if probe.any():
+        label_rows.update(dict.fromkeys(
+            events.select(_LABEL_COLUMNS).filter(pl.Series(probe & keep)).unique().rows()))
+    labels = {ROWS: _in_order(label_rows, narrow, caps)}
     probes = ~ping & probe & keep
     if probes.any():
         _probe_counters(events.select(_PROBE_COLUMNS).filter(pl.Series(probes))
@@ -147,7 +153,7 @@ def summarize_frame(events: pl.DataFrame, size: float, variants: tuple[str, ...]
         keys, packed = latency.get(wid, ([], _NO_SKETCHES))
         closed = ClosedWindow({f: c for f, c in counters.get(wid, {}).items() if c}, keys, packed)
         parts.append(WindowPart(wid, closed, [], {v: sticky.get((wid, v), []) for v in variants}))
-    return Partial(ts, repeated, parts, labels, repeats), ids
+    return Partial(ts, repeated, parts, labels, repeats, wids), ids
 
 
 def _in_order(rows: dict[tuple[Any, ...], None], narrow: pl.DataFrame,
@@ -292,11 +298,12 @@ def _sticky(events: pl.DataFrame, users: npt.NDArray[np.bool_], wids: npt.NDArra
             variants: tuple[str, ...]) -> dict[tuple[int, str], list[str]]:
     """Sticky keys of the configured variants' user requests, per (window, variant).
 
-    Distinct by two independent 64-bit hashes of the key, each mixed with the
-    window and variant: only one string per distinct key leaves polars.  If the
-    two disagree on how many distinct keys there are (one of them collided),
-    the distinct texts are taken instead; both colliding at once has odds of
-    about n**2 / 2**129.
+    Distinct by hash with one sort, so only one string per distinct key leaves
+    polars: each row's key is a 64-bit hash of the sticky key mixed with its
+    window and variant, its top bits packed above the row's position, and
+    sorted; equal tops are one key.  A second, independent hash must agree
+    within every run of equal tops, else two keys collided and the distinct
+    texts are taken instead (both colliding: odds about n**2 / 2**108).
     """
     wanted = pl.Series(variants, dtype=pl.Categorical).to_physical().to_numpy()
     code = events["variant"].to_physical().to_numpy()
@@ -304,16 +311,22 @@ def _sticky(events: pl.DataFrame, users: npt.NDArray[np.bool_], wids: npt.NDArra
     if len(at) == 0:
         return {}
     sticky = events["sticky"]
-    where = ((wids[at] - wids[at].min()) * len(wanted) + np.searchsorted(np.sort(wanted), code[at]))
-    place = where.astype(np.uint64)
-    first = pl.Series(sticky.hash(seed=1).to_numpy()[at] ^ (place * np.uint64(0x9E3779B97F4A7C15)))
-    second = pl.Series(sticky.hash(seed=2).to_numpy()[at] ^ (place * np.uint64(0xC2B2AE3D27D4EB4F)))
-    picks = first.is_first_distinct().to_numpy()
-    if int(picks.sum()) == second.n_unique():
-        picked = pl.DataFrame({"wid": wids[at][picks], "variant": code[at][picks],
-                               "sticky": sticky.gather(at[picks])})
-    else:  # a collision: distinct by text
-        picked = pl.DataFrame({"wid": wids[at], "variant": code[at], "sticky": sticky.gather(at)}).unique()
+    window = wids[at]
+    place = ((window - window.min()) * 2 + (code[at] == wanted[1])).astype(np.uint64)
+    first = sticky.hash(seed=1).to_numpy()[at] ^ (place * np.uint64(0x9E3779B97F4A7C15))
+    bits = np.uint64(max(1, (len(at) - 1).bit_length()))
+    packed = (first >> bits << bits) | np.arange(len(at), dtype=np.uint64)
+    packed.sort()
+    top = packed >> bits
+    starts = np.flatnonzero(np.r_[True, top[1:] != top[:-1]])
+    order = (packed & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)  # positions in `at`
+    second = (sticky.hash(seed=2).to_numpy()[at] ^ (place * np.uint64(0xC2B2AE3D27D4EB4F)))[order]
+    runs = np.repeat(starts, np.diff(np.r_[starts, len(at)]))
+    if bool((second != second[runs]).any()):  # a collision: distinct by text
+        picked = pl.DataFrame({"wid": window, "variant": code[at], "sticky": sticky.gather(at)}).unique()
+    else:
+        rows = at[order[starts]]
+        picked = pl.DataFrame({"wid": wids[rows], "variant": code[rows], "sticky": sticky.gather(rows)})
     names = dict(zip(wanted.tolist(), variants, strict=True))
     out: dict[tuple[int, str], list[str]] = {}
     for (wid, variant), group in picked.partition_by("wid", "variant", as_dict=True).items():
