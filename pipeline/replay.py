@@ -217,17 +217,28 @@ def _repeats(events: pl.DataFrame, wids: npt.NDArray[np.int64], hashes: npt.NDAr
              present: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.bool_] | None, list[tuple[int, str]]]:
     """Events whose request_id came before in the same window (as `Engine.feed` drops them).
 
-    Found by hash (one sort), then confirmed on the text among the few rows whose hash repeats.
+    Candidates by hash with one sort (the top bits of a hash of window and id,
+    the row's position packed below them), then confirmed on the text among
+    those few rows, in arrival order.
     """
-    key = hashes + wids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # wraps around
-    ordered = np.sort(key[present])
-    twice = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-    if len(twice) == 0:
+    at = np.flatnonzero(present)
+    if len(at) < 2:
         return None, []
-    at = np.flatnonzero(pl.Series(key).is_in(pl.Series(twice).implode()).to_numpy() & present)
-    rows = pl.DataFrame({"at": at, "wid": wids[at], "request_id": events["request_id"].gather(at),
-                         "variant": events["variant"].gather(at).cast(pl.String)})
-    again = rows.filter(~pl.struct("wid", "request_id").is_first_distinct())
+    key = hashes[at] + wids[at].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # wraps around
+    bits = np.uint64(max(1, (len(at) - 1).bit_length()))
+    packed = (key >> bits << bits) | np.arange(len(at), dtype=np.uint64)
+    packed.sort()
+    top = packed >> bits
+    same = top[1:] == top[:-1]
+    if not same.any():
+        return None, []
+    twice = np.zeros(len(at), dtype=np.bool_)
+    twice[1:] |= same
+    twice[:-1] |= same
+    rows = np.sort(at[(packed[twice] & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)])
+    suspects = pl.DataFrame({"at": rows, "wid": wids[rows], "request_id": events["request_id"].gather(rows),
+                             "variant": events["variant"].gather(rows).cast(pl.String)})
+    again = suspects.filter(~pl.struct("wid", "request_id").is_first_distinct())
     if again.is_empty():
         return None, []
     repeated = np.zeros(len(wids), dtype=np.bool_)
