@@ -314,3 +314,19 @@ def test_progress_bar_shows_on_a_terminal(tmp_path: Path) -> None:
     piped = subprocess.run(argv, cwd=ROOT, capture_output=True, timeout=120, check=False)
     assert piped.returncode == 0
     assert b"replaying" not in piped.stderr and len(piped.stderr.decode().strip().splitlines()) == 1
+
+
+def test_archive_broken_half_way_exits_1_keeping_what_was_judged(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cfg_path, jsonl, _ = _scenario(tmp_path, "healthy", seed=31)
+    whole = gzip.compress(jsonl.read_bytes())
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])  # the gzip header is fine, the stream ends early
+    out = tmp_path / "out"
+    assert main(["replay", "--config", str(cfg_path), str(jsonl), str(cut), "--out", str(out),
+                 "--no-report"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(cut) in err[0] and "verdicts so far" in err[0]
+    # the first archive's windows were judged and written before the second broke
+    written = _records(out / f"{config.load(cfg_path).name}.verdicts.jsonl")
+    assert len(written) >= MINUTES - 2
