@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import polars as pl  # noqa: E402
+from _data import lines_file  # noqa: E402
 
 from pipeline import archive, replay, scenarios  # noqa: E402
 from pipeline import config as config_mod  # noqa: E402
@@ -37,33 +38,18 @@ from pipeline.codec import decode_batch  # noqa: E402
 from pipeline.engine import Engine  # noqa: E402
 from pipeline.partial import summarize  # noqa: E402
 
-DATA = ROOT / "bench" / "data"
-SCALE = 100.0  # production-like load: ~300 user requests/s per variant and region
 SCENARIO = "healthy"
 TARGET = 1_000_000
 
 
 def lines_of(events: int) -> Path:
     """`events` JSONL lines of the scenario (cached under bench/data)."""
-    DATA.mkdir(parents=True, exist_ok=True)
-    path = DATA / f"{SCENARIO}-{events}-x{SCALE:g}.jsonl"
-    if not path.exists():
-        per_minute = sum(1 for _ in scenarios.generate(SCENARIO, 1, 2, traffic_scale=SCALE)) / 2
-        minutes = max(1, int(events / per_minute) + 1)
-        print(f"generating {events:,} events of {SCENARIO} ({minutes} min of traffic)...", flush=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            for n, line in enumerate(scenarios.generate(SCENARIO, 1, minutes, traffic_scale=SCALE)):
-                if n >= events:
-                    break
-                f.write(line + b"\n")
-        tmp.rename(path)
-    return path
+    return lines_file(SCENARIO, events)
 
 
 def parquet_of(events: int) -> Path:
     """The same events as a Parquet archive (`canary-gate generate --format parquet`'s layout)."""
-    path = DATA / f"{SCENARIO}-{events}-x{SCALE:g}.parquet"
+    path = lines_of(events).with_suffix(".parquet")
     if not path.exists():
         source = lines_of(events)
         print(f"writing {path.name}...", flush=True)

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
+from _data import lines_file  # noqa: E402
 from bytewax.testing import TestingSink, TestingSource, run_main  # noqa: E402
 
 from pipeline import config as config_mod  # noqa: E402
@@ -30,28 +31,12 @@ from pipeline.flow import Sinks, build_flow  # noqa: E402
 from pipeline.io.chunk import Chunk  # noqa: E402
 from pipeline.partial import summarize  # noqa: E402
 
-DATA = ROOT / "bench" / "data"
-# Production-like load: ~300 user requests/s per variant and region, so a 60 s
-# window holds ~100k events and per-window costs weigh as they would live.
-SCALE = 100.0
 BATCH = 5000
 
 
 def stream(scenario: str, events: int) -> tuple[list[bytes], config_mod.Config]:
     """`events` lines of a scenario at production-like load (cached under bench/data)."""
-    DATA.mkdir(parents=True, exist_ok=True)
-    path = DATA / f"{scenario}-{events}-x{SCALE:g}.jsonl"
-    if not path.exists():
-        per_minute = sum(1 for _ in scenarios.generate(scenario, 1, 2, traffic_scale=SCALE)) / 2
-        minutes = max(1, int(events / per_minute) + 1)
-        print(f"generating {events:,} events of {scenario} ({minutes} min of traffic)...", flush=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            for n, line in enumerate(scenarios.generate(scenario, 1, minutes, traffic_scale=SCALE)):
-                if n >= events:
-                    break
-                f.write(line + b"\n")
-        tmp.rename(path)
+    path = lines_file(scenario, events)
     return path.read_bytes().splitlines(), config_mod.parse(scenarios.scenario_config(scenario))
 
 

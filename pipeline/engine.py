@@ -302,8 +302,8 @@ class Engine:
                 self.idle.discard(partition)
                 self.holder = None
         self.partitions.add(partition)
-        late_clock = now is not None and part.ts.max() > now + self.max_future
-        if not (fits or self._fits(part, partition)) or late_clock:
+        ahead_of_clock = now is not None and part.ts.max() > now + self.max_future
+        if not (fits or self._fits(part, partition)) or ahead_of_clock:
             self.totals["chunks_replayed"] += 1
             return self.feed(items(), partition, locate, now)
         caps = self.caps
