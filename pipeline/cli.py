@@ -602,7 +602,8 @@ def _reload_stage(path: str, control: Any) -> Callable[[int, FrameType | None], 
             _say(f"SIGHUP: config not reloaded: {exc}")
             return
         if new.stage != control.stage:
-            _say(f"SIGHUP: stage {control.stage} -> {new.stage} (promotion clock restarts)")
+            _say(f"SIGHUP: stage {control.stage} -> {new.stage} (promotion clock restarts; "
+                 "evidence and any latched stop start afresh)")
             control.stage = new.stage
         changed = [k for k, v in new.effective().items() if k != "rollout" and v != control.base.get(k)]
         changed += [f"rollout.{k}" for k, v in new.effective()["rollout"].items()

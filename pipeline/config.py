@@ -71,6 +71,7 @@ class Thresholds:
     new_5xx_alpha: float = 0.001
     min_warm_requests: int = 50
     min_probe_events: int = 20
+    alpha: float = 0.01  # significance of the sequential tests (docs/gates.md)
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ def _check_thresholds(t: Thresholds) -> None:
             "thresholds.latency_field",
             f"must be one of {', '.join(LATENCY_FIELDS)}; got {t.latency_field!r}",
         )
-    open_unit = {"latency_quantile", "new_5xx_alpha"}
+    open_unit = {"latency_quantile", "new_5xx_alpha", "alpha"}
     unit = {"delta_s_median_max", "delta_s_median_stop", "coverage_min", "cache_hit_drop_max",
             "error_rate_tolerance"}
     for f in dataclasses.fields(t):

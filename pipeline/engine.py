@@ -25,18 +25,19 @@ import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from pipeline.config import Config
-from pipeline.gates import Context, all_clean, decide, judge, median
+from pipeline.gates import Context, median
+from pipeline.judgement import Judgement
 from pipeline.model import (
     DeadLetter,
     DeadLetterReason,
     Decision,
     DecodeError,
     Event,
-    GateRow,
     Verdict,
 )
 from pipeline.partial import Partial
@@ -131,23 +132,6 @@ class Report:
 Output = Report | DeadLetter
 
 
-def conclude(cfg: Config, wid: int, rows: tuple[GateRow, ...],
-             clean_since: float | None) -> tuple[Verdict, float | None]:
-    """The verdict of window `wid` from its gate rows, and the promotion clock after it.
-
-    `clean_since` is where the current run of clean verdicts began (None: the
-    last verdict was not clean); promotion needs it to span `cfg.sustain_s`.
-    """
-    size = cfg.windows.size_s
-    end = float((wid + 1) * size)
-    if not all_clean(rows):
-        clean_since = None
-    elif clean_since is None:
-        clean_since = end - size
-    sustained = clean_since is not None and end - clean_since >= cfg.sustain_s
-    return Verdict(cfg.name, cfg.stage, end, decide(rows, cfg.stage, sustained), rows), clean_since
-
-
 class Engine:
     """Owns the clock, open windows, the horizon and the promotion clock."""
 
@@ -177,7 +161,7 @@ class Engine:
         self.horizon = WindowStats.new()
         self.sticky = StickyTracker((cfg.control, cfg.canary), cap=cfg.limits.max_sticky_keys)
         self.pending_dead: Counter[tuple[str, str]] = Counter()
-        self.clean_since: float | None = None
+        self.judgement = Judgement(cfg.stage)  # evidence, promotion clock and stop latch of the stage
         self.totals: Counter[str] = Counter()
         # Live idle rule (tick): wall time of each partition's last data, and who is idle.
         self.last_wall: dict[str, float] = {}
@@ -185,6 +169,14 @@ class Engine:
         self.started_wall: float | None = None
         self.holder: str | None = None  # the live partition whose progress sets the watermark
         self.down: set[str] = set()  # live partitions whose broker is unreachable: never idle
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Engines pickled before the stage's judgement had its own object kept only the promotion clock.
+        if "judgement" not in state:
+            judgement = Judgement(state["cfg"].stage)
+            judgement.clean_since = state.pop("clean_since", None)
+            state["judgement"] = judgement
+        self.__dict__.update(state)
 
     # -- input -----------------------------------------------------------------
     def feed(self, items: Iterable[Event | DecodeError], partition: str = "0",
@@ -496,8 +488,8 @@ class Engine:
                              "they cannot change on resume (use a new recovery directory)")
         notes = []
         if cfg.stage != old.stage:
-            notes.append(f"stage {old.stage} -> {cfg.stage} (promotion clock restarts)")
-            self.clean_since = None
+            notes.append(f"stage {old.stage} -> {cfg.stage} (promotion clock restarts; "
+                         "evidence and any latched stop start afresh)")
         changed = [k for k in ("thresholds", "variants", "sustain_s")
                    if getattr(cfg, k) != getattr(old, k)]
         if changed:
@@ -508,10 +500,9 @@ class Engine:
         return notes
 
     def set_stage(self, stage: str) -> None:
-        """Change the rollout stage; restarts the promotion sustain clock."""
+        """Change the rollout stage; the next verdict starts the stage's judgement afresh."""
         if stage != self.cfg.stage:
             self.cfg = self.cfg.with_stage(stage)
-            self.clean_since = None
 
     # -- clock -----------------------------------------------------------------
     def _advance(self) -> list[Output]:
@@ -588,8 +579,7 @@ class Engine:
         ctx = Context(tuple(both[:10]), len(both), self.sticky.untracked)
         if self.kept is not None:
             self.kept.append((wid, closed, ctx))
-        verdict, self.clean_since = conclude(self.cfg, wid, judge(self.horizon, self.cfg, ctx),
-                                             self.clean_since)
+        verdict = self.judgement.verdict(self.cfg, wid, closed, self.horizon, ctx)
         decision = verdict.decision
         self.totals["verdicts"] += 1
         self.totals[f"decision_{decision}"] += 1
@@ -639,4 +629,4 @@ class Engine:
         return out
 
 
-__all__ = ["Decision", "Engine", "Output", "Report", "StickyTracker", "conclude"]
+__all__ = ["Decision", "Engine", "Output", "Report", "StickyTracker"]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline.config import Config
+from pipeline.evidence import Evidence
 from pipeline.model import (
     LAMBDA_CONVERGENT,
     LAMBDA_STATES,
@@ -19,6 +20,7 @@ from pipeline.model import (
     Decision,
     GateRow,
     GateStatus,
+    deciding_rows,
     stage_rank,
 )
 from pipeline.stats import OTHER, WindowStats
@@ -66,12 +68,14 @@ class _Row:
     canary_n: int = 0
     control_n: int = 0
     stops: bool = True  # the gate's own stop condition (beyond failing)
+    p_value: float | None = None
 
 
 @dataclass
 class _Judge:
     h: WindowStats
     cfg: Config
+    evidence: Evidence
     ctx: Context = field(default_factory=Context)
 
     @property
@@ -105,6 +109,23 @@ class _Judge:
         unknown = any(v not in (self.control, self.canary) for v, _ in seen)
         hint = f"; is rollout.{role} right?" if unknown else ""
         return f" (events by variant: {shown}{more}{hint})"
+
+    def weigh(self, worse: bool, p: float, claim: str, *, ops: tuple[str, str], limit: str,
+              detail: str) -> tuple[GateStatus, str]:
+        """Status and reason of an estimate judged against its limit and the sequential evidence.
+
+        Fails only when the estimate is past the limit *and* the test rejects at
+        thresholds.alpha; past the limit without that evidence it is a warning
+        (noise until shown otherwise: it neither stops nor blocks promotion).
+        """
+        alpha = self.cfg.thresholds.alpha
+        ok, bad = ops
+        if not worse:
+            return GateStatus.PASS, f"{claim} {ok} {limit} ({detail}; p={p:.2g})"
+        if p < alpha:
+            return GateStatus.FAIL, f"{claim} {bad} {limit} ({detail}); evidence p={p:.2g} < alpha {alpha:g}"
+        return GateStatus.WARN, (f"{claim} {bad} {limit} ({detail}), not significant yet: "
+                                 f"p={p:.2g} >= alpha {alpha:g}")
 
     def too_few(self, what: str, n: int, kn: int, need: int) -> str:
         """Reason of a row short of data: which side is short, both counts and the threshold."""
@@ -209,17 +230,13 @@ class _Judge:
             kq = ks.quantile(t.latency_quantile) or 0.0
             ratio = cq / kq if kq > 0 else (1.0 if cq == 0 else None)
             shown = f"{ratio:.2f}" if ratio is not None else "inf"
-            detail = f"(canary {cq:.0f} ms, control {kq:.0f} ms)"
-            if cq <= t.latency_ratio_max * kq:
-                rows.append(_Row(GateStatus.PASS,
-                                 f"canary/control {label} {shown} <= {t.latency_ratio_max:g} {detail}",
-                                 region=region, observed=ratio, threshold=t.latency_ratio_max,
-                                 canary_n=n, control_n=kn))
-            else:
-                rows.append(_Row(GateStatus.FAIL,
-                                 f"canary/control {label} {shown} > {t.latency_ratio_max:g} {detail}",
-                                 region=region, observed=ratio, threshold=t.latency_ratio_max,
-                                 canary_n=n, control_n=kn))
+            p = self.evidence.p_value("p95_warm_latency", region)
+            status, reason = self.weigh(
+                cq > t.latency_ratio_max * kq, p, f"canary/control {label} {shown}", ops=("<=", ">"),
+                limit=f"{t.latency_ratio_max:g}",
+                detail=f"canary {cq:.0f} ms, control {kq:.0f} ms; warm n {n}/{kn}")
+            rows.append(_Row(status, reason, region=region, observed=ratio, threshold=t.latency_ratio_max,
+                             canary_n=n, control_n=kn, p_value=p))
         return rows
 
     def new_5xx_class(self) -> list[_Row]:
@@ -370,15 +387,18 @@ class _Judge:
                                  self.too_few("requests", n, kn, t.min_warm_requests),
                                  region=region, canary_n=n, control_n=kn))
                 continue
-            rate = self.h.count("errors", (self.canary, region)) / n
-            control_rate = self.h.count("errors", (self.control, region)) / kn
+            errors = self.h.count("errors", (self.canary, region))
+            control_errors = self.h.count("errors", (self.control, region))
+            rate, control_rate = errors / n, control_errors / kn
             allowed = t.error_ratio_max * control_rate + t.error_rate_tolerance
-            detail = (f"allowed {allowed:.4f} = {t.error_ratio_max:g} x control {control_rate:.4f}"
-                      f" + {t.error_rate_tolerance:g}")
-            ok = rate <= allowed
-            rows.append(_Row(GateStatus.PASS if ok else GateStatus.FAIL,
-                             f"canary error rate {rate:.4f} {'<=' if ok else '>'} {detail}",
-                             region=region, observed=rate, threshold=allowed, canary_n=n, control_n=kn))
+            p = self.evidence.p_value("error_rate", region)
+            status, reason = self.weigh(
+                rate > allowed, p, f"canary error rate {rate:.4f}", ops=("<=", ">"),
+                limit=f"allowed {allowed:.4f} = {t.error_ratio_max:g} x control {control_rate:.4f}"
+                      f" + {t.error_rate_tolerance:g}",
+                detail=f"errors {errors}/{n} canary, {control_errors}/{kn} control")
+            rows.append(_Row(status, reason, region=region, observed=rate, threshold=allowed,
+                             canary_n=n, control_n=kn, p_value=p))
         return rows
 
     def cache_hit_regression(self) -> list[_Row]:
@@ -388,14 +408,16 @@ class _Judge:
             return [_Row(GateStatus.INSUFFICIENT_DATA,
                          self.too_few("user requests with a cache block", n, kn, 1),
                          canary_n=n, control_n=kn)]
-        rate = self.h.count("cache", (self.canary, "hit")) / n
-        control_rate = self.h.count("cache", (self.control, "hit")) / kn
+        hits = self.h.count("cache", (self.canary, "hit"))
+        control_hits = self.h.count("cache", (self.control, "hit"))
+        rate, control_rate = hits / n, control_hits / kn
         floor = control_rate - t.cache_hit_drop_max
-        ok = rate >= floor
-        return [_Row(GateStatus.PASS if ok else GateStatus.FAIL,
-                     f"canary hit rate {rate:.3f} {'>=' if ok else '<'} control {control_rate:.3f}"
-                     f" - {t.cache_hit_drop_max:g}",
-                     observed=rate, threshold=floor, canary_n=n, control_n=kn)]
+        p = self.evidence.p_value("cache_hit_regression", None)
+        status, reason = self.weigh(
+            rate < floor, p, f"canary hit rate {rate:.3f}", ops=(">=", "<"),
+            limit=f"control {control_rate:.3f} - {t.cache_hit_drop_max:g}",
+            detail=f"hits {hits}/{n} canary, {control_hits}/{kn} control")
+        return [_Row(status, reason, observed=rate, threshold=floor, canary_n=n, control_n=kn, p_value=p)]
 
     def sticky_flip(self) -> list[_Row]:
         if self.cfg.stage == "shadow":
@@ -438,9 +460,10 @@ def median(values: Counter[float]) -> float:
     return (lo + hi) / 2
 
 
-def judge(h: WindowStats, cfg: Config, ctx: Context | None = None) -> tuple[GateRow, ...]:
-    """Every row of every gate over the horizon `h`."""
-    j = _Judge(h, cfg, ctx or Context())
+def judge(h: WindowStats, cfg: Config, evidence: Evidence,
+          ctx: Context | None = None) -> tuple[GateRow, ...]:
+    """Every row of every gate over the horizon `h`, the ratio and rate gates weighed with `evidence`."""
+    j = _Judge(h, cfg, evidence, ctx or Context())
     rows: list[GateRow] = []
     for gate in GATES:
         fn: Callable[[], list[_Row]] = getattr(j, gate)
@@ -451,15 +474,19 @@ def judge(h: WindowStats, cfg: Config, ctx: Context | None = None) -> tuple[Gate
                 observed=None if r.observed is None else float(r.observed),
                 threshold=None if r.threshold is None else float(r.threshold),
                 hard_stop=r.status is GateStatus.FAIL and r.stops and active,
-                canary_n=r.canary_n, control_n=r.control_n, reason=r.reason,
+                canary_n=r.canary_n, control_n=r.control_n, reason=r.reason, p_value=r.p_value,
             ))
     return tuple(rows)
 
 
 def decide(rows: tuple[GateRow, ...], stage: str, sustained: bool) -> Decision:
-    """Decision of SPEC section 4 given the rows and whether the clean run is long enough."""
+    """Decision of SPEC section 4 given the rows and whether the clean run is long enough.
+
+    Regions short of data do not count where other regions judge their gate (model.deciding_rows).
+    """
     if any(r.hard_stop for r in rows):
         return Decision.STOP
+    rows = deciding_rows(rows)
     if any(r.status is GateStatus.INSUFFICIENT_DATA and stop_active(r.gate, stage) for r in rows):
         return Decision.INSUFFICIENT_DATA
     if all(r.status.clean for r in rows) and sustained:
@@ -468,5 +495,5 @@ def decide(rows: tuple[GateRow, ...], stage: str, sustained: bool) -> Decision:
 
 
 def all_clean(rows: tuple[GateRow, ...]) -> bool:
-    """Every row is pass, warn or skipped (the promotion clock keeps running)."""
-    return all(r.status.clean for r in rows)
+    """Every deciding row is pass, warn or skipped (the promotion clock keeps running)."""
+    return all(r.status.clean for r in deciding_rows(rows))

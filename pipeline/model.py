@@ -161,6 +161,8 @@ class GateRow:
     canary_n: int
     control_n: int
     reason: str
+    # Anytime-valid p-value of the gate's sequential test (docs/gates.md); None for gates without one.
+    p_value: float | None = None
 
     def to_record(self) -> dict[str, Any]:
         """JSON-able record per SPEC section 4."""
@@ -170,11 +172,25 @@ class GateRow:
             "region": self.region,
             "observed": self.observed,
             "threshold": self.threshold,
+            "p_value": self.p_value,
             "hard_stop": self.hard_stop,
             "canary_n": self.canary_n,
             "control_n": self.control_n,
             "reason": self.reason,
         }
+
+
+def deciding_rows(rows: tuple[GateRow, ...]) -> tuple[GateRow, ...]:
+    """The rows a decision and a gate's overall status rest on.
+
+    A region short of data is reported (`insufficient_data`) but does not hold
+    back a per-region gate that other regions give enough data to judge: a
+    region with a trickle of canary traffic does not keep the whole rollout
+    waiting.  A per-region gate with no region judged stays insufficient.
+    """
+    judged = {r.gate for r in rows if r.region is not None and r.status is not GateStatus.INSUFFICIENT_DATA}
+    return tuple(r for r in rows if r.gate not in judged or r.region is None
+                 or r.status is not GateStatus.INSUFFICIENT_DATA)
 
 
 def format_time(epoch_s: float) -> str:
@@ -194,6 +210,8 @@ class Verdict:
     window_end: float
     decision: Decision
     gates: tuple[GateRow, ...]
+    # A stop latched earlier in the stage, in words (first stop and its window); None otherwise.
+    latch: str | None = None
 
     @property
     def id(self) -> str:
@@ -202,8 +220,8 @@ class Verdict:
 
     @property
     def reasons(self) -> list[str]:
-        """Reasons of every row that is not a pass, prefixed with gate and region."""
-        out = []
+        """Reasons of every row that is not a pass, prefixed with gate and region (a latched stop first)."""
+        out = [self.latch] if self.latch else []
         for row in self.gates:
             if row.status is not GateStatus.PASS:
                 where = f"{row.gate} {row.region}" if row.region else row.gate
@@ -211,10 +229,10 @@ class Verdict:
         return out
 
     def gate_status(self, gate: str) -> GateStatus:
-        """Overall status of a gate: its worst row."""
-        rows = [r.status for r in self.gates if r.gate == gate]
-        if not rows:
+        """Overall status of a gate: its worst row (of a per-region gate, its worst judged region)."""
+        if not any(r.gate == gate for r in self.gates):
             raise KeyError(gate)
+        rows = [r.status for r in deciding_rows(self.gates) if r.gate == gate]
         return max(rows, key=lambda s: s.severity)
 
     def to_record(self) -> dict[str, Any]:

@@ -36,8 +36,9 @@ import polars as pl
 from pipeline import config as config_mod
 from pipeline import frame as frames
 from pipeline.config import Config
-from pipeline.engine import Engine, Output, Report, conclude
-from pipeline.gates import Context, judge
+from pipeline.engine import Engine, Output, Report
+from pipeline.gates import Context
+from pipeline.judgement import Judgement
 from pipeline.model import DecodeError, Event, Verdict, format_time
 from pipeline.partial import Partial, WindowPart
 from pipeline.sketch import PackedSketches
@@ -481,14 +482,13 @@ def rejudge(cfg: Config, kept: Sequence[tuple[int, ClosedWindow, Context]]) -> I
     horizon = WindowStats.new()
     history: deque[ClosedWindow] = deque()
     n = cfg.windows.horizon_windows
-    clean_since: float | None = None
+    judgement = Judgement(cfg.stage)
     for wid, closed, ctx in kept:
         horizon.merge(closed)
         history.append(closed)
         if len(history) > n:
             horizon.subtract(history.popleft())
-        verdict, clean_since = conclude(cfg, wid, judge(horizon, cfg, ctx), clean_since)
-        yield verdict
+        yield judgement.verdict(cfg, wid, closed, horizon, ctx)
 
 
 def first_stop(verdicts: Sequence[Verdict]) -> Verdict | None:

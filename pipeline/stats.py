@@ -29,6 +29,7 @@ from operator import attrgetter
 from typing import Any, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from pipeline.config import Config
 from pipeline.model import Event
@@ -518,3 +519,22 @@ class ClosedWindow:
     def sketch(self, key: LatencyKey, phase: str) -> Sketch:
         """One latency sketch of this window, dense."""
         return self.packed.unpack(3 * self.keys.index(key) + PHASE_INDEX[phase])
+
+    def latency_bins(self, phase: str) -> dict[LatencyKey, tuple[npt.NDArray[np.int64],
+                                                               npt.NDArray[np.int64]]]:
+        """Every sketch of one phase, sparse: key -> (occupied bins ascending, counts).
+
+        The zero bucket (values <= 0) is bin -1, below every other.
+        """
+        packed, j = self.packed, PHASE_INDEX[phase]
+        out = {}
+        for i, key in enumerate(self.keys):
+            lo, hi = int(packed.bounds[3 * i + j]), int(packed.bounds[3 * i + j + 1])
+            bins = packed.bins[lo:hi].astype(np.int64)
+            counts = packed.counts[lo:hi].astype(np.int64)
+            zero = int(packed.zeros[3 * i + j])
+            if zero:
+                bins = np.concatenate(([-1], bins))
+                counts = np.concatenate(([zero], counts))
+            out[key] = (bins, counts)
+        return out

@@ -17,6 +17,7 @@ import pytest
 from conftest import BASE_TS, make_config, make_event, make_probe
 
 from pipeline.config import Config, VariantSpec
+from pipeline.evidence import Evidence
 from pipeline.gates import GATES, STOP_FROM, Context, decide, judge, median, stop_active
 from pipeline.model import LADDER, Decision, GateRow, GateStatus, Verdict, stage_rank
 from pipeline.stats import LabelCaps, WindowStats
@@ -26,6 +27,20 @@ CANARY = "canary-v2"
 
 # The λ states as the decoder stores them (indices into model.LAMBDA_STATES).
 CONVERGENT, DIVERGENT, RECURSIVE, CHAOTIC = 0, 1, 2, 3
+
+
+class Evidenced(Evidence):
+    """Evidence whose every test reports one p-value: the gate logic around it, apart from the tests."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def p_value(self, gate: str, region: str | None) -> float:
+        return self.p
+
+
+STRONG, WEAK = Evidenced(0.001), Evidenced(0.5)  # significant at the default alpha 0.01, and not
 
 
 class Horizon:
@@ -52,8 +67,14 @@ class Horizon:
         self.h.c["dead"][(variant, reason)] += n
         return self
 
-    def judge(self, cfg: Config | None = None, ctx: Context | None = None) -> tuple[GateRow, ...]:
-        return judge(self.h, cfg or make_config(), ctx or Context())
+    def judge(self, cfg: Config | None = None, ctx: Context | None = None,
+              evidence: Evidence | None = None) -> tuple[GateRow, ...]:
+        """The rows; without `evidence`, the sequential tests are fed this horizon as one window."""
+        cfg = cfg or make_config()
+        if evidence is None:
+            evidence = Evidence()
+            evidence.add(self.h.close(), cfg)
+        return judge(self.h, cfg, evidence, ctx or Context())
 
 
 def healthy(n: int = 60, probes: int = 20) -> Horizon:
@@ -417,11 +438,26 @@ def test_p95_cold_requests_and_pings_do_not_count_towards_min_warm_requests() ->
 
 
 def test_p95_insufficient_blocks_from_one_percent_but_not_at_shadow() -> None:
-    rows_shadow = healthy(n=60).users(10, region="eu-west", variant=CANARY).judge(make_config(stage="shadow"))
-    rows_1 = healthy(n=60).users(10, region="eu-west", variant=CANARY).judge(make_config(stage="1%"))
-    assert by_region(rows_1, "p95_warm_latency")["eu-west"].status is GateStatus.INSUFFICIENT_DATA
+    def thin() -> Horizon:  # no region with enough warm canary requests
+        return Horizon().users(60).users(10, variant=CANARY).probes(20).probes(20, variant=CONTROL)
+    rows_shadow = thin().judge(make_config(stage="shadow"))
+    rows_1 = thin().judge(make_config(stage="1%"))
+    assert by_region(rows_1, "p95_warm_latency")["us-east"].status is GateStatus.INSUFFICIENT_DATA
     assert decide(rows_1, "1%", sustained=True) is Decision.INSUFFICIENT_DATA
     assert decide(rows_shadow, "shadow", sustained=True) is Decision.HOLD
+
+
+def test_a_region_short_of_data_does_not_hold_back_the_judged_regions() -> None:
+    rows = healthy(n=60).users(60, region="eu-west").users(10, region="eu-west", variant=CANARY).judge(
+        make_config(stage="1%"))
+    regions = by_region(rows, "p95_warm_latency")
+    assert regions["eu-west"].status is GateStatus.INSUFFICIENT_DATA  # still reported
+    assert "too few warm requests on the canary" in regions["eu-west"].reason
+    assert regions["us-east"].status is GateStatus.PASS
+    assert overall(rows, "p95_warm_latency", "1%") is GateStatus.PASS
+    assert by_region(rows, "error_rate")["eu-west"].status is GateStatus.INSUFFICIENT_DATA
+    assert decide(rows, "1%", sustained=True) is Decision.PROMOTE
+    assert decide(rows, "1%", sustained=False) is Decision.HOLD
 
 
 def test_p95_emits_one_row_per_canary_region_and_none_for_control_only_regions() -> None:
@@ -433,7 +469,7 @@ def test_p95_emits_one_row_per_canary_region_and_none_for_control_only_regions()
     assert set(regions) == {"us-east", "eu-west"}
     assert regions["us-east"].status is GateStatus.PASS
     assert regions["eu-west"].status is GateStatus.INSUFFICIENT_DATA
-    assert overall(rows, "p95_warm_latency") is GateStatus.INSUFFICIENT_DATA
+    assert overall(rows, "p95_warm_latency") is GateStatus.PASS  # the judged region decides
 
 
 def test_p95_overall_status_is_the_worst_region_row() -> None:
@@ -896,17 +932,34 @@ def test_error_rate_exactly_at_allowed_passes() -> None:
 
 def test_error_rate_just_above_allowed_fails_without_hard_stop() -> None:
     h = error_horizon(128, 33, 128, 16).probes(20)  # probes so that only error_rate is not clean
-    rows = h.judge(make_config(EXACT_ERROR_CFG, stage="100%"))
+    rows = h.judge(make_config(EXACT_ERROR_CFG, stage="100%"), evidence=STRONG)
     row = by_region(rows, "error_rate")["us-east"]
     assert row.status is GateStatus.FAIL
+    assert row.p_value == 0.001
     assert not row.hard_stop
     assert decide(rows, "100%", sustained=True) is Decision.HOLD
 
 
+def test_error_rate_above_allowed_without_evidence_is_a_warning_that_does_not_block() -> None:
+    h = error_horizon(128, 33, 128, 16).probes(20).probes(20, variant=CONTROL)
+    rows = h.judge(make_config(EXACT_ERROR_CFG, stage="100%"), evidence=WEAK)
+    row = by_region(rows, "error_rate")["us-east"]
+    assert row.status is GateStatus.WARN
+    assert "not significant yet: p=0.5 >= alpha 0.01" in row.reason
+    assert decide(rows, "100%", sustained=True) is Decision.PROMOTE
+
+
+def test_error_rate_evidence_alone_does_not_fail_within_the_allowed_rate() -> None:
+    row = by_region(error_horizon(128, 32, 128, 16).judge(make_config(EXACT_ERROR_CFG), evidence=STRONG),
+                    "error_rate")["us-east"]
+    assert row.status is GateStatus.PASS
+    assert row.reason.startswith("canary error rate 0.2500 <= allowed 0.2500")
+
+
 def test_error_rate_default_tolerance_allows_two_per_mille_over_a_clean_control() -> None:
     # control 0 errors: allowed = 1.2 × 0 + 0.002; canary 1/500 = 0.002
-    at = by_region(error_horizon(500, 1, 100, 0).judge(), "error_rate")["us-east"]
-    over = by_region(error_horizon(500, 2, 100, 0).judge(), "error_rate")["us-east"]
+    at = by_region(error_horizon(500, 1, 100, 0).judge(evidence=STRONG), "error_rate")["us-east"]
+    over = by_region(error_horizon(500, 2, 100, 0).judge(evidence=STRONG), "error_rate")["us-east"]
     assert at.status is GateStatus.PASS
     assert at.threshold == 1.2 * 0.0 + 0.002
     assert over.status is GateStatus.FAIL
@@ -916,8 +969,8 @@ def test_error_rate_default_ratio_compares_like_the_gate() -> None:
     control_rate = 10 / 100
     allowed = 1.2 * control_rate + 0.002
     fits = max(k for k in range(1000) if k / 1000 <= allowed)
-    at = by_region(error_horizon(1000, fits, 100, 10).judge(), "error_rate")["us-east"]
-    over = by_region(error_horizon(1000, fits + 1, 100, 10).judge(), "error_rate")["us-east"]
+    at = by_region(error_horizon(1000, fits, 100, 10).judge(evidence=STRONG), "error_rate")["us-east"]
+    over = by_region(error_horizon(1000, fits + 1, 100, 10).judge(evidence=STRONG), "error_rate")["us-east"]
     assert at.status is GateStatus.PASS
     assert over.status is GateStatus.FAIL
 
@@ -971,13 +1024,11 @@ def test_error_rate_rows_per_canary_region_and_worst_is_overall() -> None:
 
 
 def test_error_rate_insufficient_never_makes_the_decision_insufficient() -> None:
-    # enough warm traffic for p95 everywhere; error_rate alone lacks control requests in eu-west
-    h = healthy(n=60).users(60, region="eu-west", variant=CANARY)
+    # error_rate's only region lacks control requests; its stop is never active
+    h = Horizon().users(60, variant=CANARY).users(10).probes(20).probes(20, variant=CONTROL)
     rows = h.judge(make_config(stage="100%"))
-    assert by_region(rows, "error_rate")["eu-west"].status is GateStatus.INSUFFICIENT_DATA
-    p95 = by_region(rows, "p95_warm_latency")["eu-west"]
-    assert p95.status is GateStatus.INSUFFICIENT_DATA  # the control has no warm requests there either
-    rows_wo_latency = tuple(r for r in rows if r.gate != "p95_warm_latency")
+    assert by_region(rows, "error_rate")["us-east"].status is GateStatus.INSUFFICIENT_DATA
+    rows_wo_latency = tuple(r for r in rows if r.gate not in ("p95_warm_latency", "new_5xx_class"))
     assert decide(rows_wo_latency, "100%", sustained=True) is Decision.HOLD
 
 
@@ -1000,15 +1051,19 @@ def test_cache_hit_drop_exactly_at_max_passes() -> None:
 
 def test_cache_hit_drop_exactly_at_max_passes_with_exact_binary_numbers() -> None:
     cfg = make_config("[thresholds]\ncache_hit_drop_max = 0.25\n")
-    at = row_of(cache_horizon(64, 64, 96, 32).judge(cfg), "cache_hit_regression")  # 0.5 vs 0.75
-    over = row_of(cache_horizon(63, 65, 96, 32).judge(cfg), "cache_hit_regression")
+    # 0.5 vs 0.75
+    at = row_of(cache_horizon(64, 64, 96, 32).judge(cfg, evidence=STRONG), "cache_hit_regression")
+    over = row_of(cache_horizon(63, 65, 96, 32).judge(cfg, evidence=STRONG), "cache_hit_regression")
     assert at.status is GateStatus.PASS
     assert over.status is GateStatus.FAIL
 
 
-def test_cache_hit_drop_beyond_max_fails() -> None:
-    row = row_of(cache_horizon(94, 6, 100, 0).judge(), "cache_hit_regression")
-    assert row.status is GateStatus.FAIL
+def test_cache_hit_drop_beyond_max_fails_on_evidence_and_warns_without() -> None:
+    assert row_of(cache_horizon(94, 6, 100, 0).judge(evidence=STRONG), "cache_hit_regression").status \
+        is GateStatus.FAIL
+    weak = row_of(cache_horizon(94, 6, 100, 0).judge(), "cache_hit_regression")  # 6 misses: noise
+    assert weak.status is GateStatus.WARN
+    assert weak.p_value is not None and weak.p_value > 0.1
 
 
 def test_cache_hit_canary_better_than_control_passes() -> None:
@@ -1146,6 +1201,16 @@ def test_verdict_gate_status_ranks_fail_over_insufficient_over_warn_over_skipped
     order = [GateStatus.PASS, GateStatus.SKIPPED, GateStatus.WARN, GateStatus.INSUFFICIENT_DATA,
              GateStatus.FAIL]
     for i, worst in enumerate(order):
-        rows = tuple(gate_row("error_rate", s, region=f"r{j}") for j, s in enumerate(order[: i + 1]))
+        rows = tuple(gate_row("coverage", s) for s in order[: i + 1])
         verdict = Verdict("chat-rag-v2", "50%", BASE_TS, Decision.HOLD, rows)
-        assert verdict.gate_status("error_rate") is worst
+        assert verdict.gate_status("coverage") is worst
+
+
+def test_verdict_gate_status_of_a_per_region_gate_is_its_worst_judged_region() -> None:
+    def status(*statuses: GateStatus) -> GateStatus:
+        rows = tuple(gate_row("error_rate", s, region=f"r{j}") for j, s in enumerate(statuses))
+        return Verdict("chat-rag-v2", "50%", BASE_TS, Decision.HOLD, rows).gate_status("error_rate")
+    assert status(GateStatus.PASS, GateStatus.INSUFFICIENT_DATA) is GateStatus.PASS
+    assert status(GateStatus.WARN, GateStatus.INSUFFICIENT_DATA, GateStatus.PASS) is GateStatus.WARN
+    assert status(GateStatus.FAIL, GateStatus.INSUFFICIENT_DATA) is GateStatus.FAIL
+    assert status(GateStatus.INSUFFICIENT_DATA, GateStatus.INSUFFICIENT_DATA) is GateStatus.INSUFFICIENT_DATA

@@ -358,7 +358,8 @@ def test_a_stage_changed_between_runs_applies_and_restarts_the_promotion_clock(t
     assert first.returncode == -signal.SIGKILL, first.stderr
     res = _file_run(tmp_path, _config(tmp_path, "25%"))
     assert res.returncode == 0, res.stderr
-    assert re.search(r"resumed from \S+: stage 10% -> 25% \(promotion clock restarts\)",
+    assert re.search(r"resumed from \S+: stage 10% -> 25% \(promotion clock restarts; "
+                     r"evidence and any latched stop start afresh\)",
                      res.stderr), res.stderr
     records = [json.loads(x) for x in (tmp_path / "v.jsonl").read_text().splitlines()]
     stages = [r["stage"] for r in records]

@@ -579,13 +579,17 @@ def test_spec_verdict_example_is_valid() -> None:
         "rollout": "chat-rag-v2", "stage": "1%", "window_end": "2025-08-27T06:31:00Z",
         "decision": "stop",
         "gates": [{"gate": "p95_warm_latency", "status": "fail", "region": "us-east",
-                   "observed": 1.41, "threshold": 1.25, "hard_stop": True,
+                   "observed": 1.41, "threshold": 1.25, "p_value": 0.0004, "hard_stop": True,
                    "canary_n": 812, "control_n": 80311,
                    "reason": "canary/control p95 tfinal 1.41 > 1.25"}],
         "reasons": ["p95_warm_latency us-east: canary/control p95 tfinal 1.41 > 1.25"],
     }
     assert VERDICT.is_valid(record), list(VERDICT.iter_errors(record))
+    older = {**record, "gates": [{k: v for k, v in record["gates"][0].items() if k != "p_value"}]}
+    assert VERDICT.is_valid(older), "records written before the sequential tests lack p_value"
     for broken in (
+        {**record, "gates": [{**record["gates"][0], "p_value": 1.5}]},
+        {**record, "gates": [{**record["gates"][0], "p_value": "0.01"}]},
         {**record, "extra": 1},
         {**record, "stage": "2%"},
         {**record, "decision": "rollback"},

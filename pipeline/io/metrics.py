@@ -142,9 +142,17 @@ class CanaryCollector(Collector):
         threshold = GaugeMetricFamily(
             f"{PREFIX}_gate_threshold", "Threshold of a gate row (absent for set-valued gates).",
             labels=["rollout", "stage", "gate", "region"])
+        p_value = GaugeMetricFamily(
+            f"{PREFIX}_gate_p_value",
+            "Anytime-valid p-value of a gate row's sequential test since the stage began "
+            "(ratio and rate gates).",
+            labels=["rollout", "stage", "gate", "region"])
         hard_stop = GaugeMetricFamily(
             f"{PREFIX}_gate_hard_stop", "1 when a gate row is a hard stop (page on this).",
             labels=["rollout", "stage", "gate", "region"])
+        latched = GaugeMetricFamily(
+            f"{PREFIX}_stop_latched", "1 when the decision is a stop latched earlier in the stage.",
+            labels=["rollout", "stage"])
         window_end = GaugeMetricFamily(
             f"{PREFIX}_window_end_timestamp_seconds", "End of the window of the latest verdict.",
             labels=["rollout", "stage"])
@@ -152,6 +160,7 @@ class CanaryCollector(Collector):
             for d in Decision:
                 decision.add_metric([v.rollout, v.stage, str(d)], 1.0 if v.decision is d else 0.0)
             window_end.add_metric([v.rollout, v.stage], v.window_end)
+            latched.add_metric([v.rollout, v.stage], 1.0 if v.latch else 0.0)
             for row in v.gates:
                 region = row.region or ""
                 for s in GateStatus:
@@ -161,8 +170,10 @@ class CanaryCollector(Collector):
                     observed.add_metric([v.rollout, v.stage, row.gate, region], row.observed)
                 if row.threshold is not None:
                     threshold.add_metric([v.rollout, v.stage, row.gate, region], row.threshold)
+                if row.p_value is not None:
+                    p_value.add_metric([v.rollout, v.stage, row.gate, region], row.p_value)
                 hard_stop.add_metric([v.rollout, v.stage, row.gate, region], 1.0 if row.hard_stop else 0.0)
-        yield from (decision, status, observed, threshold, hard_stop, window_end)
+        yield from (decision, status, observed, threshold, p_value, hard_stop, latched, window_end)
 
     def _stat_families(self) -> Iterator[Metric]:
         latency = GaugeMetricFamily(
