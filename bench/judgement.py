@@ -23,8 +23,8 @@ every threshold at its default (alpha 0.01).
   cache_hit_regression failures, promote -> other -> promote flaps.
 * Detection: warm tfinal x1.3, 1.4, 1.6, 2 in us-east of 3 regions from
   minute 10, at 1 % and 10 % traffic, sigma 0.3 and 0.8, --detect-seeds each;
-  and the canary's error rate x2 and x3 there (error_rate is promotion-only:
-  detection is its first failing row).  Reported: detected within the 30
+  and the canary's error rate x2 and x3 there, also at 50 % (error_rate is
+  promotion-only: detection is its first failing row).  Reported: detected within the 30
   windows after onset, and the median and largest number of windows from
   onset to the first stop (onset window counted as 1).
 
@@ -70,6 +70,7 @@ START = DEFAULT_START.timestamp()
 KINDS = ("aa", "latency", "errors")
 INDEX = {CONTROL: "0x9a76", CANARY: "0x9a77"}
 PREFIX = {CONTROL: "v1:", CANARY: "v2-cnr:"}
+STICKY = {CONTROL: "c-", CANARY: "k-"}  # disjoint pools: sticky routing holds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Run:
     minutes: int
     sigma: float
     seed: int
-    factor: float = 1.0  # canary warm tfinal (latency) or error rate (errors) x this in us-east from ONSET_MIN
+    factor: float = 1.0  # canary warm tfinal (latency) or error rate (errors) x this, us-east, from ONSET_MIN
 
 
 def config(share: float) -> config_mod.Config:
@@ -127,8 +128,8 @@ def minute(run: Run, m: int, rng: np.random.Generator, rate: float) -> list[Even
             v = CANARY if canary[i] else CONTROL
             f = float(tfinal[i])
             out.append(Event(
-                float(ts[i]), "chat.rag.answer", v, f"{v[0]}-{sticky[i]}", region, bool(cold[i]), False, None,
-                0.12 * f, 0.3 * f, f, int(status[i]), str(failure[i]) or None, True, INDEX[v], "cosine",
+                float(ts[i]), "chat.rag.answer", v, f"{STICKY[v]}{sticky[i]}", region, bool(cold[i]), False,
+                None, 0.12 * f, 0.3 * f, f, int(status[i]), str(failure[i]) or None, True, INDEX[v], "cosine",
                 "bilstem", None, None, -1, None, None, 0, 0, PREFIX[v] if has_cache[i] else None,
                 bool(hit[i]) if has_cache[i] else None))
         for v in (CONTROL, CANARY):
@@ -171,12 +172,9 @@ def judge(run: Run, rate: float) -> dict[str, Any]:
 def summary(verdicts: list[Verdict], run: Run) -> dict[str, Any]:
     decisions = [v.decision for v in verdicts]
     stops = [i for i, d in enumerate(decisions) if d is Decision.STOP]
-    gate = run.kind == "errors" and "error_rate" or None
-    first_fail = None
-    if gate:
-        first_fail = next((i for i, v in enumerate(verdicts)
-                           if any(r.gate == gate and r.region == REGIONS[0] and r.status is GateStatus.FAIL
-                                  for r in v.gates)), None)
+    first_fail = next((i for i, v in enumerate(verdicts)  # error_rate never stops: its first failure
+                       if any(r.gate == "error_rate" and r.region == REGIONS[0]
+                              and r.status is GateStatus.FAIL for r in v.gates)), None)
     judged = failing = 0
     cache_fail = 0
     for v in verdicts:
@@ -231,7 +229,7 @@ def runs(seeds: int, detect_seeds: int) -> Iterator[Run]:
     for share, sigma, factor in itertools.product((0.01, 0.10), (0.3, 0.8), (1.3, 1.4, 1.6, 2.0)):
         for seed in range(detect_seeds):
             yield Run("latency", share, 3, ONSET_MIN + AFTER_ONSET, sigma, seed, factor)
-    for share, factor in itertools.product((0.01, 0.10), (2.0, 3.0)):
+    for share, factor in itertools.product((0.01, 0.10, 0.50), (2.0, 3.0)):
         for seed in range(detect_seeds):
             yield Run("errors", share, 3, ONSET_MIN + AFTER_ONSET, 0.8, seed, factor)
 
@@ -248,28 +246,36 @@ def detection(results: list[dict[str, Any]], which: str, key: str) -> str:
     return text + (f" ({early} before onset)" if early else "")
 
 
+def aa_lines(aa: list[dict[str, Any]], which: str) -> list[str]:
+    """The A/A figures of one way of judging."""
+    stopped = [r for r in aa if r[which]["first_stop"] is not None]
+    lo, hi = clopper_pearson(len(stopped), len(aa))
+    gates = Counter(g for r in stopped for g in r[which]["stop_gates"])
+    by_share = Counter(r["run"].share for r in stopped)
+    cache_runs = sum(r[which]["cache_fail"] > 0 for r in aa)
+    return [
+        f"false hard stops {len(stopped)}/{len(aa)} ({100 * len(stopped) / len(aa):.1f} %, "
+        f"95 % CI {100 * lo:.1f}-{100 * hi:.1f} %) by gate {dict(gates)}",
+        "  by traffic: " + ", ".join(f"{STAGES[s]} {by_share[s]}/{sum(r['run'].share == s for r in aa)}"
+                                      for s in (0.01, 0.05, 0.50)),
+        f"  error_rate failing: worst run {100 * max(r[which]['error_fail_share'] for r in aa):.1f} % "
+        f"of its judged windows, {sum(r[which]['error_fail_share'] > 0.01 for r in aa)} runs over 1 %",
+        f"  cache_hit_regression failing: {sum(r[which]['cache_fail'] for r in aa)} windows "
+        f"in {cache_runs} runs",
+        f"  promote -> other -> promote flaps {sum(r[which]['flaps'] for r in aa)}; "
+        f"runs that promoted {sum(r[which]['promoted'] for r in aa)}",
+    ]
+
+
 def report(results: list[dict[str, Any]], seconds: float) -> None:
     aa = [r for r in results if r["run"].kind == "aa"]
     print(f"{len(results)} runs in {seconds:.0f} s")
-    print("\nA/A (canary = control):                       sequential gates  |  point estimates")
-    for which in ("now", "before"):
-        stopped = [r for r in aa if r[which]["first_stop"] is not None]
-        lo, hi = clopper_pearson(len(stopped), len(aa))
-        gates = Counter(g for r in stopped for g in r[which]["stop_gates"])
-        print(f"  [{which:6s}] false hard stops {len(stopped)}/{len(aa)} "
-              f"({100 * len(stopped) / len(aa):.1f} %, 95 % CI {100 * lo:.1f}-{100 * hi:.1f} %) {dict(gates)}")
-        worst = max(r[which]["error_fail_share"] for r in aa)
-        over = sum(r[which]["error_fail_share"] > 0.01 for r in aa)
-        print(f"           error_rate failing: worst run {100 * worst:.1f} % of judged windows; "
-              f"{over} runs over 1 %; cache_hit_regression failing windows "
-              f"{sum(r[which]['cache_fail'] for r in aa)} in {sum(r[which]['cache_fail'] > 0 for r in aa)} runs; "
-              f"promote flaps {sum(r[which]['flaps'] for r in aa)}; runs promoted "
-              f"{sum(r[which]['promoted'] for r in aa)}")
-        by_share = Counter(r["run"].share for r in stopped)
-        print(f"           false stops by traffic: "
-              + ", ".join(f"{STAGES[s]} {by_share[s]}/{sum(r['run'].share == s for r in aa)}"
-                          for s in (0.01, 0.05, 0.50)))
-    print("\nDetection (windows from onset to first stop; sequential gates | point estimates):")
+    for which, title in (("now", "sequential gates"), ("before", "point estimates (no sequential tests)")):
+        print(f"\nA/A, {title}:")
+        for line in aa_lines(aa, which):
+            print(f"  {line}")
+    print("\nDetection: found within 30 windows, median and max windows from onset to the first stop")
+    print(f"  {'':36s}{'sequential gates':38s}point estimates")
     groups: dict[tuple[str, float, float, float], list[dict[str, Any]]] = {}
     for r in results:
         run = r["run"]
@@ -277,8 +283,10 @@ def report(results: list[dict[str, Any]], seconds: float) -> None:
             groups.setdefault((run.kind, run.share, run.sigma, run.factor), []).append(r)
     for (kind, share, sigma, factor), rs in sorted(groups.items()):
         key = "first_stop" if kind == "latency" else "first_fail"
-        what = f"warm p95 x{factor:g} sigma {sigma:g}" if kind == "latency" else f"error rate x{factor:g}"
-        print(f"  {what:22s} at {STAGES[share]:>3s}: {detection(rs, 'now', key)}  |  {detection(rs, 'before', key)}")
+        what = (f"warm p95 x{factor:g}, sigma {sigma:g}" if kind == "latency"
+                else f"error rate x{factor:g} (fail)")
+        print(f"  {what:24s} at {STAGES[share]:>3s}:  {detection(rs, 'now', key):36s}  "
+              f"{detection(rs, 'before', key)}")
 
 
 def main() -> None:

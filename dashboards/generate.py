@@ -65,7 +65,10 @@ def overview() -> Dashboard:
                         .span(24).height(12)
                         .with_target(q(f"canary_gate_gate_observed{{{R}}}", "observed", instant=True))
                         .with_target(q(f"canary_gate_gate_threshold{{{R}}}", "threshold", instant=True))
-                        .with_target(q(f"canary_gate_gate_status{{{R}}} == 1", "status", instant=True))))
+                        .with_target(q(f"canary_gate_gate_p_value{{{R}}}", "p_value", instant=True))
+                        .with_target(q(f"canary_gate_gate_status{{{R}}} == 1", "status", instant=True)))
+            .with_panel(ts("Evidence: sequential p-value per gate and region (fails below thresholds.alpha)",
+                           "none", q(f"canary_gate_gate_p_value{{{R}}}", "{{gate}} {{region}}"), width=24)))
 
 
 def latency() -> Dashboard:

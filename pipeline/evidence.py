@@ -16,6 +16,14 @@ closed window adds one e-value per test:
 
 A test starts at the first window in which both variants have data for it;
 from then on every window is a look (a window without data adds no evidence).
+
+A stop is a decision about the whole rollout, so a per-region gate's p-value
+is adjusted for the number of regions it tests (Bonferroni: the region's own
+p-value times the number of regions whose test has started in the stage).
+When the regions start together, as when the canary serves all of them from
+the stage's start, the chance that any region of a healthy rollout fails is
+then at most alpha; a region whose test starts later raises the count from
+then on (the bound becomes alpha times 1 + 1/2 + ... over the late starters).
 """
 
 from __future__ import annotations
@@ -95,6 +103,7 @@ class Evidence:
 
     def __init__(self) -> None:
         self.tests: dict[TestKey, SequentialTest] = {}
+        self.regions: Counter[str] = Counter()  # per gate: regional tests started in the stage
 
     def add(self, window: ClosedWindow, cfg: Config) -> None:
         """Look once more: every test takes this window's e-values (none: no evidence)."""
@@ -105,6 +114,8 @@ class Evidence:
                 test = self.tests.get(key)
                 if test is None:
                     test = self.tests[key] = SequentialTest(len(log_e))
+                    if region is not None:
+                        self.regions[gate] += 1
                 test.update(log_e)
                 fed.add(key)
         for key, test in self.tests.items():
@@ -112,9 +123,11 @@ class Evidence:
                 test.update(np.zeros(len(test.log_a)))
 
     def p_value(self, gate: str, region: str | None) -> float:
-        """The test's anytime-valid p-value (1 when it has not started)."""
+        """The test's anytime-valid p-value, adjusted for the gate's regions (1 when it has not started)."""
         test = self.tests.get((gate, region))
-        return 1.0 if test is None else test.p_value
+        if test is None:
+            return 1.0
+        return min(1.0, test.p_value * self.regions[gate]) if region is not None else test.p_value
 
     def looks(self, gate: str, region: str | None) -> int:
         """Windows the test has looked at since it started."""

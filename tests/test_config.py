@@ -48,6 +48,9 @@ def test_minimal_config_uses_window_defaults() -> None:
         ("[thresholds]\nmin_warm_requests = true\n", "thresholds.min_warm_requests"),
         ("[thresholds]\nlatency_field = \"ttfb\"\n", "thresholds.latency_field"),
         ("[thresholds]\nlatency_quantile = 1.5\n", "thresholds.latency_quantile"),
+        ("[thresholds]\nalpha = 0\n", "thresholds.alpha"),
+        ("[thresholds]\nalpha = 1.0\n", "thresholds.alpha"),
+        ("[thresholds]\nalpha = \"0.01\"\n", "thresholds.alpha"),
         ("[limits]\nmax_label_values = 0\n", "limits.max_label_values"),
         ("[surprise]\nx = 1\n", "surprise"),
     ],
@@ -105,6 +108,8 @@ def test_effective_lists_every_setting() -> None:
     eff = make_config().effective()
     assert set(eff) == {"rollout", "variants", "windows", "promotion", "thresholds", "limits"}
     assert eff["thresholds"]["new_5xx_alpha"] == 0.001
+    assert eff["thresholds"]["alpha"] == 0.01
+    assert config_mod.parse(BASE_TOML + "[thresholds]\nalpha = 0.05\n").thresholds.alpha == 0.05
     assert eff["variants"]["canary-v2"]["cache_prefix"] == "v2-cnr:"
 
 

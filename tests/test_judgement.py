@@ -155,6 +155,25 @@ def test_error_and_cache_tests_see_each_windows_counts() -> None:
     assert where is None and (cache == 0).all()  # every request hits on both sides
 
 
+def test_a_per_region_p_value_is_adjusted_for_the_regions_tested() -> None:
+    """Bonferroni over the regions whose test started: a stop is a decision about the whole rollout."""
+    cfg = make_config()
+    engine = Engine(cfg)
+    engine.kept = []
+    two = [minute(m, slow=1.2) + [make_event(ts=e.ts, variant=e.variant, tfinal=e.tfinal, region="eu-west")
+                                  for e in minute(m, seed=1) if e.probe_question is None]
+           for m in range(4)]
+    verdicts(engine, two)
+    evidence = Evidence()
+    raw = SequentialTest(14)
+    for _, closed, _ in engine.kept:
+        evidence.add(closed, cfg)
+        raw.update(dict(latency_samples(closed, cfg))["us-east"])
+    assert evidence.regions["p95_warm_latency"] == 2
+    assert evidence.p_value("p95_warm_latency", "us-east") == pytest.approx(min(1.0, 2 * raw.p_value))
+    assert 0 < raw.p_value < 0.5
+
+
 def test_a_test_starts_when_both_variants_have_data_and_then_looks_at_every_window() -> None:
     cfg = make_config()
     canary_only = Engine(cfg)

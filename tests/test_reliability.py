@@ -50,7 +50,12 @@ def _topic(bootstrap: str, partitions: int) -> str:
 def _produce(bootstrap: str, topic: str, lines: list[bytes], partitions: int) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
     for i, line in enumerate(lines):
-        producer.produce(topic, value=line, partition=i % partitions)
+        while True:
+            try:
+                producer.produce(topic, value=line, partition=i % partitions)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                producer.poll(0.1)
         if i % 5000 == 0:
             producer.poll(0)
     assert producer.flush(60) == 0
@@ -113,51 +118,56 @@ def _config(tmp_path: Path, stage: str | None = None) -> Path:
 
 # -- 1. kill -9 at five points, resume, compare --------------------------------------
 
-POINTS = [  # each run resumes from the one before; small counts, so each is reached with input left
+POINTS = [  # each run resumes from the one before; ordered so that each is reached with input left
+    "snapshot:3",  # while a snapshot is being taken (first: it needs the most input, ~0.3 s of work)
     "chunk:2",  # early: before this run's first snapshot
     "chunk:15",  # mid-window (a window is about 8 chunks of 100)
     "window_close:2",  # right after a window closed, before its verdict is out
     "verdict_write:2",  # during an output write (produced, not yet confirmed / half a file write)
-    "snapshot:3",  # while a snapshot is being taken
 ]
 
 
 def test_kill_9_at_six_points_resumes_without_loss_or_double_counting(
         kafka_bootstrap: str, tmp_path: Path) -> None:
-    lines = list(scenarios.generate(SCENARIO, 3, 40))
+    lines = list(scenarios.generate(SCENARIO, 3, 160))  # ~120k events: each crash run has input left
     topic = _topic(kafka_bootstrap, 2)
-    _produce(kafka_bootstrap, topic, lines, 2)
+    first_part = len(lines) // 8
+    _produce(kafka_bootstrap, topic, lines[:first_part], 2)
     config = _config(tmp_path)
     source = f"kafka://{kafka_bootstrap}/{topic}"
 
     def run(tag: str, recovery: Path | None, env: dict[str, str] | None = None,
-            popen: bool = False) -> Any:
-        args = ["run", "--config", str(config), "--source", source, "--until-end",
+            live: bool = False) -> Any:
+        args = ["run", "--config", str(config), "--source", source,
                 "--verdicts", f"kafka://{kafka_bootstrap}/v-{tag}",
                 "--dead-letters", str(tmp_path / f"{tag}.dl"),
                 "--batch-size", "100"]
         if recovery is not None:
             args += ["--recovery-dir", str(recovery), "--snapshot-interval", "0.1"]
-        return _popen(*args) if popen else _cli(*args, env=env)
+        return _popen(*args) if live else _cli(*args, "--until-end", env=env)
 
-    base = run("base", None)
-    assert base.returncode == 0, base.stderr
-    expected = {r["id"]: r for r in _records(kafka_bootstrap, "v-base")}
-    assert len(expected) > 30
-    assert any(r["decision"] == "stop" for r in expected.values())
-
+    # The first crash comes from outside, with kill -9 once verdicts flow.  That run is live over the
+    # first part of the topic: it waits for more input instead of finishing, so the kill always
+    # lands mid-run, and the rest of the topic is there for the runs after it.
     recovery = tmp_path / "recovery"
-    proc = run("crash", recovery, popen=True)  # first from outside: kill -9 once verdicts flow
+    proc = run("crash", recovery, live=True)
     deadline = time.monotonic() + 60
     while len(_records(kafka_bootstrap, "v-crash")) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before the outside kill"
+    assert proc.poll() is None, "the live run ended before the outside kill"
     proc.kill()
     assert proc.wait(timeout=30) == -signal.SIGKILL
+    _produce(kafka_bootstrap, topic, lines[first_part:], 2)
     for point in POINTS:
         res = run("crash", recovery, env={"CANARY_GATE_FAILPOINT": point})
         assert res.returncode == -signal.SIGKILL, f"{point} not reached: {res.stderr}"
         assert f"failpoint {point}" in res.stderr
+
+    base = run("base", None)  # the uninterrupted reference, over the same topic
+    assert base.returncode == 0, base.stderr
+    expected = {r["id"]: r for r in _records(kafka_bootstrap, "v-base")}
+    assert len(expected) > 100
+    assert any(r["decision"] == "stop" for r in expected.values())
     final = run("crash", recovery)
     assert final.returncode == 0, final.stderr
     assert "resumed from" in final.stderr
