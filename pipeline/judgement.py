@@ -60,8 +60,7 @@ class Judgement:
             return Verdict(cfg.name, cfg.stage, end, Decision.STOP, rows, self.latched)
         verdict = Verdict(cfg.name, cfg.stage, end, decision, rows)
         if decision is Decision.STOP:
-            first = "; ".join(f"{r.gate}{' ' + r.region if r.region else ''}: {r.reason}"
-                              for r in rows if r.hard_stop)
+            first = "; ".join(r.described for r in rows if r.hard_stop)
             self.latched = (f"stop latched at stage {cfg.stage} since the window ending "
                             f"{format_time(end)} ({verdict.id}): {first}")
         return verdict

@@ -164,6 +164,12 @@ class GateRow:
     # Anytime-valid p-value of the gate's sequential test (docs/gates.md); None for gates without one.
     p_value: float | None = None
 
+    @property
+    def described(self) -> str:
+        """The reason prefixed with gate and region, as the verdict's `reasons` list it."""
+        where = f"{self.gate} {self.region}" if self.region else self.gate
+        return f"{where}: {self.reason}"
+
     def to_record(self) -> dict[str, Any]:
         """JSON-able record per SPEC section 4."""
         return {
@@ -222,11 +228,7 @@ class Verdict:
     def reasons(self) -> list[str]:
         """Reasons of every row that is not a pass, prefixed with gate and region (a latched stop first)."""
         out = [self.latch] if self.latch else []
-        for row in self.gates:
-            if row.status is not GateStatus.PASS:
-                where = f"{row.gate} {row.region}" if row.region else row.gate
-                out.append(f"{where}: {row.reason}")
-        return out
+        return out + [row.described for row in self.gates if row.status is not GateStatus.PASS]
 
     def gate_status(self, gate: str) -> GateStatus:
         """Overall status of a gate: its worst row (of a per-region gate, its worst judged region)."""

@@ -168,3 +168,36 @@ def test_state_round_trips_through_pickle() -> None:
     test.update(np.linspace(-1, 2, len(LAMBDAS)))
     again = pickle.loads(pickle.dumps(test))
     assert (again.looks, again.best, again.log_a.tolist()) == (test.looks, test.best, test.log_a.tolist())
+
+
+# --------------------------------------------------------------------------- rates (errors, cache misses)
+
+
+def rate_p_values(seed: int, windows: int, ratio: float = 1.0, n: int = 200,
+                  control_n: int = 2000) -> list[float]:
+    """p-values of the one-sided rate test; the base rate drifts from window to window (shared by both)."""
+    rng = np.random.default_rng(seed)
+    test = SequentialTest(len(LAMBDAS))
+    out = []
+    for t in range(windows):
+        base = 0.01 * (1 + 0.8 * math.sin(t / 2))  # outages and quiet hours hit both variants alike
+        bad, control_bad = rng.binomial(n, min(1.0, base * ratio)), rng.binomial(control_n, base)
+        pooled = np.array([n + control_n - bad - control_bad, bad + control_bad], dtype=np.float64)
+        test.update(log_e_values(np.array([n - bad, bad], dtype=np.float64), pooled, np.array([0.0, 1.0])))
+        out.append(test.p_value)
+    return out
+
+
+def test_rate_test_keeps_its_level_over_every_look_with_a_drifting_base_rate() -> None:
+    runs, alpha = 400, 0.05
+    crossed = sum(min(rate_p_values(seed, 40)) < alpha for seed in range(runs))
+    assert crossed / runs <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs), crossed
+
+
+def test_rate_test_finds_a_doubled_error_rate_and_ignores_a_halved_one() -> None:
+    never = 40
+    found = [next((t for t, p in enumerate(rate_p_values(seed, 40, ratio=2.0)) if p < 0.01), never)
+             for seed in range(20)]
+    assert never not in found, found  # 200 canary requests a window at about 1 %
+    assert sorted(found)[10] <= 10, found
+    assert all(min(rate_p_values(seed, 40, ratio=0.5)) == 1.0 for seed in range(10))
