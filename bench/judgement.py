@@ -175,6 +175,9 @@ def summary(verdicts: list[Verdict], run: Run) -> dict[str, Any]:
     first_fail = next((i for i, v in enumerate(verdicts)  # error_rate never stops: its first failure
                        if any(r.gate == "error_rate" and r.region == REGIONS[0]
                               and r.status is GateStatus.FAIL for r in v.gates)), None)
+    evidence = next((i for i, v in enumerate(verdicts)  # the latency test alone rejects in us-east
+                     if any(r.gate == "p95_warm_latency" and r.region == REGIONS[0] and r.p_value is not None
+                            and r.p_value < 0.01 for r in v.gates)), None)
     judged = failing = 0
     cache_fail = 0
     for v in verdicts:
@@ -187,7 +190,7 @@ def summary(verdicts: list[Verdict], run: Run) -> dict[str, Any]:
     stop_gates = Counter(r.gate for r in verdicts[stops[0]].gates if r.hard_stop) if stops else Counter()
     return {"first_stop": stops[0] if stops else None, "stop_gates": stop_gates,
             "error_fail_share": failing / judged if judged else 0.0, "cache_fail": cache_fail,
-            "first_fail": first_fail, "flaps": flaps, "last": str(decisions[-1]) if decisions else None,
+            "first_fail": first_fail, "evidence": evidence, "flaps": flaps,
             "promoted": Decision.PROMOTE in decisions}
 
 
@@ -271,11 +274,13 @@ def report(results: list[dict[str, Any]], seconds: float) -> None:
     aa = [r for r in results if r["run"].kind == "aa"]
     print(f"{len(results)} runs in {seconds:.0f} s")
     for which, title in (("now", "sequential gates"), ("before", "point estimates (no sequential tests)")):
+        if not aa:
+            break
         print(f"\nA/A, {title}:")
         for line in aa_lines(aa, which):
             print(f"  {line}")
     print("\nDetection: found within 30 windows, median and max windows from onset to the first stop")
-    print(f"  {'':36s}{'sequential gates':38s}point estimates")
+    print(f"  {'':36s}{'sequential gates':38s}{'point estimates':38s}p95 test alone (p < 0.01)")
     groups: dict[tuple[str, float, float, float], list[dict[str, Any]]] = {}
     for r in results:
         run = r["run"]
@@ -285,8 +290,9 @@ def report(results: list[dict[str, Any]], seconds: float) -> None:
         key = "first_stop" if kind == "latency" else "first_fail"
         what = (f"warm p95 x{factor:g}, sigma {sigma:g}" if kind == "latency"
                 else f"error rate x{factor:g} (fail)")
+        alone = detection(rs, "now", "evidence") if kind == "latency" else ""
         print(f"  {what:24s} at {STAGES[share]:>3s}:  {detection(rs, 'now', key):36s}  "
-              f"{detection(rs, 'before', key)}")
+              f"{detection(rs, 'before', key):36s}  {alone}")
 
 
 def main() -> None:

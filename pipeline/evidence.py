@@ -34,7 +34,14 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from pipeline.config import Config
-from pipeline.sequential import Floats, SequentialTest, log_e_values, rank_scores, upper_tail_scores
+from pipeline.sequential import (
+    Floats,
+    SequentialTest,
+    log_e_rate,
+    log_e_values,
+    rank_scores,
+    upper_tail_scores,
+)
 from pipeline.stats import ClosedWindow
 
 TestKey = tuple[str, str | None]  # gate, region (None: all regions)
@@ -62,13 +69,6 @@ def latency_samples(window: ClosedWindow, cfg: Config) -> Iterator[Sample]:
                                       log_e_values(canary, pooled, tail)))
 
 
-def _rate_sample(bad: int, n: int, control_bad: int, control_n: int) -> Floats:
-    """log e-values of 'the canary's share of bad outcomes is higher' from two counts."""
-    pooled = np.array([n + control_n - bad - control_bad, bad + control_bad], dtype=np.float64)
-    canary = np.array([n - bad, bad], dtype=np.float64)
-    return log_e_values(canary, pooled, np.array([0.0, 1.0]))
-
-
 def error_samples(window: ClosedWindow, cfg: Config) -> Iterator[Sample]:
     """Per region with user requests of both variants: log e-values of 'the canary errs more'."""
     users: Counter[tuple[str, str]] = window.c.get("user", Counter())
@@ -76,7 +76,7 @@ def error_samples(window: ClosedWindow, cfg: Config) -> Iterator[Sample]:
     for (variant, region), n in users.items():
         control_n = users.get((cfg.control, region), 0)
         if variant == cfg.canary and control_n:
-            yield region, _rate_sample(errors.get((variant, region), 0), n,
+            yield region, log_e_rate(errors.get((variant, region), 0), n,
                                        errors.get((cfg.control, region), 0), control_n)
 
 
@@ -87,7 +87,7 @@ def cache_samples(window: ClosedWindow, cfg: Config) -> Iterator[Sample]:
     if n and control_n:
         misses = n - cache.get((cfg.canary, "hit"), 0)
         control_misses = control_n - cache.get((cfg.control, "hit"), 0)
-        yield None, _rate_sample(misses, n, control_misses, control_n)
+        yield None, log_e_rate(misses, n, control_misses, control_n)
 
 
 # Gate -> what its test sees in one window.

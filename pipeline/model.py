@@ -164,6 +164,13 @@ class GateRow:
     # Anytime-valid p-value of the gate's sequential test (docs/gates.md); None for gates without one.
     p_value: float | None = None
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> GateRow:
+        """A row read back from its JSON record (a verdicts file)."""
+        return cls(record["gate"], GateStatus(record["status"]), record["region"], record["observed"],
+                   record["threshold"], record["hard_stop"], record["canary_n"], record["control_n"],
+                   record["reason"], record.get("p_value"))
+
     @property
     def described(self) -> str:
         """The reason prefixed with gate and region, as the verdict's `reasons` list it."""
@@ -184,6 +191,12 @@ class GateRow:
             "control_n": self.control_n,
             "reason": self.reason,
         }
+
+
+def gate_status(rows: tuple[GateRow, ...], gate: str) -> GateStatus | None:
+    """Overall status of a gate: its worst row (per-region gates: worst judged region); None: no row."""
+    statuses = [r.status for r in deciding_rows(rows) if r.gate == gate]
+    return max(statuses, key=lambda s: s.severity) if statuses else None
 
 
 def deciding_rows(rows: tuple[GateRow, ...]) -> tuple[GateRow, ...]:
@@ -232,10 +245,10 @@ class Verdict:
 
     def gate_status(self, gate: str) -> GateStatus:
         """Overall status of a gate: its worst row (of a per-region gate, its worst judged region)."""
-        if not any(r.gate == gate for r in self.gates):
+        status = gate_status(self.gates, gate)
+        if status is None:
             raise KeyError(gate)
-        rows = [r.status for r in deciding_rows(self.gates) if r.gate == gate]
-        return max(rows, key=lambda s: s.severity)
+        return status
 
     def to_record(self) -> dict[str, Any]:
         """JSON-able verdict record per SPEC section 4."""

@@ -42,7 +42,7 @@ from matplotlib.typing import RcKeyType
 from pipeline.codec import parse_ts
 from pipeline.config import Config
 from pipeline.gates import GATES
-from pipeline.model import Decision, GateStatus, format_time
+from pipeline.model import Decision, GateRow, GateStatus, format_time, gate_status
 from pipeline.replay import window_record
 
 DECISIONS = (Decision.STOP, Decision.INSUFFICIENT_DATA, Decision.HOLD, Decision.PROMOTE)  # bottom to top
@@ -124,12 +124,8 @@ class _Replay:
         return [[row for row in v["gates"] if row["gate"] == gate] for v in self.verdicts]
 
     def status(self, gate: str) -> list[GateStatus | None]:
-        """Overall status of `gate` per verdict: its worst row (None: no row)."""
-        out: list[GateStatus | None] = []
-        for rows in self.rows(gate):
-            statuses = [GateStatus(row["status"]) for row in rows]
-            out.append(max(statuses, key=lambda s: s.severity) if statuses else None)
-        return out
+        """Overall status of `gate` per verdict, as the verdict ranks it (None: no row)."""
+        return [gate_status(tuple(map(GateRow.from_record, rows)), gate) for rows in self.rows(gate)]
 
     def first_failure(self, gate: str) -> tuple[str, list[dict[str, Any]]] | None:
         """Window end of the first verdict where `gate` failed, and its failing rows."""
@@ -247,6 +243,33 @@ def _latency_ratio(fig: Figure, r: _Replay) -> str | None:
     ax.set_title("Warm latency ratio per region (gate p95_warm_latency)")
     ax.legend(loc="upper left", ncols=len(regions) + 2)
     ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1.5) * 1.1)
+    _time_axis(ax, r)
+    return None
+
+
+TESTED_GATES = ("p95_warm_latency", "error_rate", "cache_hit_regression")  # gates with a sequential test
+
+
+def _evidence(fig: Figure, r: _Replay) -> str | None:
+    series: dict[str, list[float]] = {}
+    for gate in TESTED_GATES:
+        for i, rows in enumerate(r.rows(gate)):
+            for row in rows:
+                if row.get("p_value") is not None:
+                    name = f"{gate} {row['region']}" if row["region"] else gate
+                    series.setdefault(name, [math.nan] * len(r.ends))[i] = max(row["p_value"], 1e-12)
+    if not series:
+        return "no sequential test had data of both variants"
+    ax = fig.subplots()
+    for name, values in sorted(series.items()):
+        ax.step(r.ends, values, where="pre", linewidth=1.5, label=name)
+    alpha = r.cfg.thresholds.alpha
+    ax.axhline(alpha, color="#212121", linestyle="--", linewidth=1.2, label=f"alpha {alpha:g}")
+    ax.set_yscale("log")
+    ax.set_ylim(top=1.5)
+    ax.set_ylabel("p-value (log)")
+    ax.set_title("Evidence: sequential p-value per gate and region, since the stage began")
+    ax.legend(loc="lower left", ncols=min(len(series) + 1, 4), fontsize="small")
     _time_axis(ax, r)
     return None
 
@@ -380,6 +403,11 @@ FIGURES: dict[str, _FigureSpec] = {
         _latency_ratio, "Canary/control p95 warm latency ratio per region",
         "Observed ratio of gate p95_warm_latency per region over the horizon; dashed: the threshold; "
         "circled: failing rows."),
+    "evidence": _FigureSpec(
+        _evidence, "Sequential p-value per gate and region",
+        "Anytime-valid p-value of the sequential tests behind p95_warm_latency, error_rate and "
+        "cache_hit_regression, accumulated since the stage began; dashed: thresholds.alpha. A row fails "
+        "only below it and with its estimate past its threshold."),
     "error_rate": _FigureSpec(
         _error_rate, "5xx rate per window, canary and control",
         "Share of user requests with status >= 500 in each window; the strip is the error_rate gate's "

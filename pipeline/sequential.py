@@ -68,6 +68,11 @@ def log_e_values(canary: Floats, pooled: Floats, scores: Floats) -> Floats:
     of them the canary's; `scores[k]` is the score of category k, computed from
     the pooled counts alone.  A window where either variant has nothing gives
     log e = 0 (no evidence either way).
+
+    Hoeffding's bound is tightest for a small sample of a large population, so
+    when the canary holds more than half of the window the bound is applied
+    to the control's sample instead (low control scores are the same evidence
+    as high canary ones); which side is used depends on the counts alone.
     """
     n = float(canary.sum())
     total = float(pooled.sum())
@@ -76,10 +81,42 @@ def log_e_values(canary: Floats, pooled: Floats, scores: Floats) -> Floats:
     occupied = pooled > 0
     if not occupied.all():
         canary, pooled, scores = canary[occupied], pooled[occupied], scores[occupied]
-    tilt = LAMBDAS[:, None] * scores[None, :]
+    if 2 * n > total:
+        n, canary, tilts = total - n, pooled - canary, -LAMBDAS
+    else:
+        tilts = LAMBDAS
+    tilt = tilts[:, None] * scores[None, :]
     top = tilt.max(axis=1)
     log_mgf = top + np.log((pooled[None, :] * np.exp(tilt - top[:, None])).sum(axis=1) / total)
-    result: Floats = LAMBDAS * float(canary @ scores) - n * log_mgf
+    result: Floats = tilts * float(canary @ scores) - n * log_mgf
+    return result
+
+
+def log_e_rate(bad: int, n: int, control_bad: int, control_n: int) -> Floats:
+    """log e(lam) for every lam in LAMBDAS of 'the canary's outcomes are bad more often', one window.
+
+    Exact, not a bound: given the window's requests of each variant and its
+    bad outcomes (errors, cache misses) in all, the canary's share of the bad
+    ones is hypergeometric when both variants are alike, and e(lam) =
+    exp(lam x) / E[exp(lam X)] is the likelihood ratio of Fisher's
+    noncentral hypergeometric distribution at odds ratio exp(lam) against 1:
+    the bad outcomes split by the variants' request shares.  Its expectation
+    is 1 when the variants are alike and below 1 when the canary is better.
+    """
+    total, k = n + control_n, bad + control_bad
+    lo, hi = max(0, k - control_n), min(n, k)
+    if n == 0 or control_n == 0 or lo == hi:
+        return np.zeros(len(LAMBDAS))
+    x = np.arange(lo, hi + 1, dtype=np.float64)
+    # log pmf up to a constant, from the ratio of successive terms
+    steps = np.log(n - x[:-1]) + np.log(k - x[:-1]) - np.log(x[:-1] + 1) - np.log(total - n - k + x[:-1] + 1)
+    log_pmf = np.concatenate(([0.0], np.cumsum(steps)))
+    tilted = log_pmf[None, :] + LAMBDAS[:, None] * x[None, :]
+    top = tilted.max(axis=1)
+    log_mgf = top + np.log(np.exp(tilted - top[:, None]).sum(axis=1))
+    base = float(log_pmf.max())
+    log_norm = base + math.log(float(np.exp(log_pmf - base).sum()))
+    result: Floats = LAMBDAS * bad - (log_mgf - log_norm)
     return result
 
 
@@ -138,4 +175,4 @@ class SequentialTest:
         self.looks, self.log_a, self.best = state
 
 
-__all__ = ["LAMBDAS", "SequentialTest", "log_e_values", "rank_scores", "upper_tail_scores"]
+__all__ = ["LAMBDAS", "SequentialTest", "log_e_rate", "log_e_values", "rank_scores", "upper_tail_scores"]

@@ -1061,9 +1061,9 @@ def test_cache_hit_drop_exactly_at_max_passes_with_exact_binary_numbers() -> Non
 def test_cache_hit_drop_beyond_max_fails_on_evidence_and_warns_without() -> None:
     assert row_of(cache_horizon(94, 6, 100, 0).judge(evidence=STRONG), "cache_hit_regression").status \
         is GateStatus.FAIL
-    weak = row_of(cache_horizon(94, 6, 100, 0).judge(), "cache_hit_regression")  # 6 misses: noise
+    weak = row_of(cache_horizon(94, 6, 100, 0).judge(), "cache_hit_regression")  # 6 misses: not enough
     assert weak.status is GateStatus.WARN
-    assert weak.p_value is not None and weak.p_value > 0.1
+    assert weak.p_value is not None and weak.p_value >= 0.01
 
 
 def test_cache_hit_canary_better_than_control_passes() -> None:

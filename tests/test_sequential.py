@@ -14,7 +14,14 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.sequential import LAMBDAS, SequentialTest, log_e_values, rank_scores, upper_tail_scores
+from pipeline.sequential import (
+    LAMBDAS,
+    SequentialTest,
+    log_e_rate,
+    log_e_values,
+    rank_scores,
+    upper_tail_scores,
+)
 
 GAMMA = (1 + 0.01) / (1 - 0.01)  # the sketches' bin width at 1 % accuracy
 
@@ -54,13 +61,43 @@ def test_e_value_has_expectation_at_most_one_over_every_canary_subset(values: tu
         assert (total / len(subsets) <= 1 + 1e-12).all(), total / len(subsets)
 
 
-def test_binary_e_value_matches_the_formula() -> None:
-    # 3 errors of 10 canary requests, 2 of 90 control: pooled rate 5/100
-    canary = np.array([7.0, 3.0])
-    pooled = np.array([95.0, 5.0])
-    got = log_e_values(canary, pooled, np.array([0.0, 1.0]))
-    want = [lam * 3 - 10 * math.log(0.95 + 0.05 * math.exp(lam)) for lam in LAMBDAS]
-    assert got == pytest.approx(want, rel=1e-12)
+def fisher_lr(x: int, n: int, control_n: int, k: int, lam: float) -> float:
+    """Fisher's noncentral hypergeometric pmf at odds exp(lam) over the central one, by brute force."""
+    support = range(max(0, k - control_n), min(n, k) + 1)
+    weights = {y: math.comb(n, y) * math.comb(control_n, k - y) for y in support}
+    return math.exp(lam * x) * sum(weights.values()) / sum(w * math.exp(lam * y) for y, w in weights.items())
+
+
+@pytest.mark.parametrize(("bad", "n", "control_bad", "control_n"),
+                         [(3, 10, 2, 90), (0, 5, 4, 5), (7, 40, 1, 60), (2, 2, 0, 3)])
+def test_rate_e_value_is_the_fisher_likelihood_ratio(bad: int, n: int, control_bad: int,
+                                                     control_n: int) -> None:
+    got = log_e_rate(bad, n, control_bad, control_n)
+    want = [math.log(fisher_lr(bad, n, control_n, bad + control_bad, lam)) for lam in LAMBDAS]
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_rate_e_value_has_expectation_one_when_the_variants_are_alike() -> None:
+    n, control_n, k = 12, 30, 9
+    total = math.comb(n + control_n, k)
+    mean = sum(math.comb(n, x) * math.comb(control_n, k - x) / total
+               * np.exp(log_e_rate(x, n, k - x, control_n)) for x in range(0, k + 1))
+    assert mean == pytest.approx(np.ones(len(LAMBDAS)), rel=1e-9)
+
+
+def test_either_side_of_a_large_canary_share_is_a_valid_e_value() -> None:
+    """A canary holding most of the window: the bound is taken on the control's side, still <= 1."""
+    values = (1, 2, 2, 3, 5, 8, 13)
+    cats, at = np.unique(np.array(values, dtype=np.float64), return_inverse=True)
+    pooled = np.bincount(at).astype(np.float64)
+    total = np.zeros(len(LAMBDAS))
+    subsets = list(itertools.combinations(range(len(values)), 5))  # canary 5 of 7
+    for subset in subsets:
+        canary = np.bincount(at[list(subset)], minlength=len(cats)).astype(np.float64)
+        total += np.exp(log_e_values(canary, pooled, rank_scores(pooled)))
+    assert (total / len(subsets) <= 1 + 1e-12).all(), total / len(subsets)
+    slow = np.bincount(at[2:], minlength=len(cats)).astype(np.float64)  # the canary holds the 5 largest
+    assert log_e_values(slow, pooled, rank_scores(pooled)).max() > 0
 
 
 def test_rank_scores_are_centred_mid_ranks() -> None:
@@ -182,8 +219,7 @@ def rate_p_values(seed: int, windows: int, ratio: float = 1.0, n: int = 200,
     for t in range(windows):
         base = 0.01 * (1 + 0.8 * math.sin(t / 2))  # outages and quiet hours hit both variants alike
         bad, control_bad = rng.binomial(n, min(1.0, base * ratio)), rng.binomial(control_n, base)
-        pooled = np.array([n + control_n - bad - control_bad, bad + control_bad], dtype=np.float64)
-        test.update(log_e_values(np.array([n - bad, bad], dtype=np.float64), pooled, np.array([0.0, 1.0])))
+        test.update(log_e_rate(int(bad), n, int(control_bad), control_n))
         out.append(test.p_value)
     return out
 
