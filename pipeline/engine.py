@@ -133,7 +133,7 @@ Output = Report | DeadLetter
 
 
 class Engine:
-    """Owns the clock, open windows, the horizon and the promotion clock."""
+    """Owns the clock, open windows, the horizon and the stage's judgement (judgement.py)."""
 
     # When a list: every closed window with its sticky context, in order, for re-judging
     # the same aggregates under other thresholds (replay --thresholds).

@@ -77,7 +77,7 @@ def error_samples(window: ClosedWindow, cfg: Config) -> Iterator[Sample]:
         control_n = users.get((cfg.control, region), 0)
         if variant == cfg.canary and control_n:
             yield region, log_e_rate(errors.get((variant, region), 0), n,
-                                       errors.get((cfg.control, region), 0), control_n)
+                                     errors.get((cfg.control, region), 0), control_n)
 
 
 def cache_samples(window: ClosedWindow, cfg: Config) -> Iterator[Sample]:
