@@ -120,12 +120,13 @@ class _Judge:
         """
         alpha = self.cfg.thresholds.alpha
         ok, bad = ops
+        shown = f"p={p:.2g}" if p >= 1e-12 else "p<1e-12"  # strong evidence underflows to 0
         if not worse:
-            return GateStatus.PASS, f"{claim} {ok} {limit} ({detail}; p={p:.2g})"
+            return GateStatus.PASS, f"{claim} {ok} {limit} ({detail}; {shown})"
         if p < alpha:
-            return GateStatus.FAIL, f"{claim} {bad} {limit} ({detail}); evidence p={p:.2g} < alpha {alpha:g}"
+            return GateStatus.FAIL, f"{claim} {bad} {limit} ({detail}); evidence {shown} < alpha {alpha:g}"
         return GateStatus.WARN, (f"{claim} {bad} {limit} ({detail}), not significant yet: "
-                                 f"p={p:.2g} >= alpha {alpha:g}")
+                                 f"{shown} >= alpha {alpha:g}")
 
     def too_few(self, what: str, n: int, kn: int, need: int) -> str:
         """Reason of a row short of data: which side is short, both counts and the threshold."""

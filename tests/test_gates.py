@@ -389,6 +389,16 @@ def test_p95_clearly_slower_canary_fails_and_stops_from_one_percent() -> None:
     assert not at_shadow.hard_stop
 
 
+def test_p95_reason_names_ratio_sample_sizes_and_evidence() -> None:
+    h = Horizon().users(100, tfinal=1000.0).users(100, variant=CANARY, tfinal=2000.0)
+    row = by_region(h.judge(make_config(stage="1%"), evidence=Evidenced(0.0)), "p95_warm_latency")["us-east"]
+    assert row.reason.startswith("canary/control p95 tfinal 2.01 > 1.25 (canary 2019 ms, control 1002 ms; ")
+    assert "warm n 100/100); evidence p<1e-12 < alpha 0.01" in row.reason
+    weak = by_region(h.judge(make_config(stage="1%"), evidence=WEAK), "p95_warm_latency")["us-east"]
+    assert weak.status is GateStatus.WARN and not weak.hard_stop
+    assert weak.reason.endswith("not significant yet: p=0.5 >= alpha 0.01")
+
+
 def test_p95_canary_within_ratio_passes() -> None:
     h = Horizon().users(100, tfinal=1000.0).users(100, variant=CANARY, tfinal=1150.0)
     row = by_region(h.judge(), "p95_warm_latency")["us-east"]
