@@ -10,9 +10,10 @@ closed window adds one e-value per test:
   so ranks are exact up to ties within a bin), scored two ways whose
   e-values are mixed: ranks (the whole distribution is slower) and the upper
   tail above the pooled `latency_quantile` (the tail alone is slower);
-* `error_rate`, per region: user requests, scored 1 for an error (status >= 500);
+* `error_rate`, per region: user requests and their errors (status >= 500),
+  Fisher's exact conditional test (the errors split by request share);
 * `cache_hit_regression`, all regions pooled: user requests with a cache
-  block, scored 1 for a miss.
+  block and their misses, the same test.
 
 A test starts at the first window in which both variants have data for it;
 from then on every window is a look (a window without data adds no evidence).
