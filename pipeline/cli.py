@@ -430,7 +430,8 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
     from pipeline.io import kafka
     from pipeline.io.board import Board, BoardSink
     from pipeline.io.files import JsonlSink, JsonlSource, dead_letter_line, verdict_line
-    from pipeline.io.metrics import CanaryCollector, serve
+    from pipeline.io.http import serve
+    from pipeline.io.metrics import CanaryCollector
     from pipeline.io.observe import ObserveSink
 
     extra = kafka.load_client_config(opts.kafka_config)

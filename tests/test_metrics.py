@@ -11,7 +11,8 @@ from conftest import BASE_TS, make_config, make_event, make_probe
 from prometheus_client import CollectorRegistry, generate_latest
 
 from pipeline.engine import Engine
-from pipeline.io.metrics import CanaryCollector, serve
+from pipeline.io.http import serve
+from pipeline.io.metrics import CanaryCollector
 from pipeline.model import DeadLetterReason, DecodeError
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
