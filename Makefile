@@ -45,7 +45,7 @@ demo: venv system-deps kafka-jars
 test: venv system-deps kafka-jars lint typecheck unit
 
 lint: venv
-	$(BIN)/ruff check pipeline tests bench dashboards
+	$(BIN)/ruff check pipeline tests bench dashboards deploy
 
 typecheck: venv
 	$(BIN)/mypy

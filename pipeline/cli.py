@@ -48,7 +48,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Streaming canary analysis for serverless and edge RAG services.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p.add_argument("--version", action="version", version=f"{PROG} {_version()}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND",
+                           help="run without one for this help; COMMAND -h for its options")
 
     run = sub.add_parser("run", help="judge a telemetry stream and publish verdicts")
     run.add_argument("--config", required=True, help="rollout config (TOML)")
@@ -92,13 +95,14 @@ def _parser() -> argparse.ArgumentParser:
                      "an error (default 300)")
 
     check = sub.add_parser("check-config", help="validate a config and print the effective settings")
-    check.add_argument("--config", required=True)
+    check.add_argument("--config", required=True, help="rollout config (TOML) to validate")
 
     gen = sub.add_parser("generate", help="write a deterministic synthetic telemetry scenario")
     gen.add_argument("--scenario", required=True, choices=sorted(scenarios.SCENARIOS),
                      metavar="NAME", help="one of: " + ", ".join(sorted(scenarios.SCENARIOS)))
-    gen.add_argument("--seed", type=int, default=1)
-    gen.add_argument("--minutes", type=int, default=20)
+    gen.add_argument("--seed", type=int, default=1,
+                     help="random seed: the same scenario, seed and minutes give the same events (default 1)")
+    gen.add_argument("--minutes", type=int, default=20, help="minutes of event time to generate (default 20)")
     gen.add_argument("--traffic-scale", type=float, default=1.0,
                      help="multiply user request rates (e.g. 100 for a load test)")
     gen.add_argument("--out", required=True,
@@ -116,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser(
         "replay", help="judge archived telemetry (JSONL, JSONL.gz, Parquet) as one stream; write the "
         "verdict timeline, dead letters and an HTML report")
-    replay.add_argument("--config", required=True)
+    replay.add_argument("--config", required=True, help="rollout config (TOML) to judge the archives under")
     replay.add_argument("archives", nargs="+", metavar="ARCHIVE",
                         help=".jsonl, .jsonl.gz or .parquet files, folders of them or globs, read in "
                         "the order given (a folder's or glob's files by name)")
@@ -133,10 +137,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    """The installed package's version (from pyproject.toml), or a note saying the tree is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(PROG)
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        args = parser.parse_args(argv)
+        if args.command is None:  # no command: the help, as a request for it (git, pip, docker do alike)
+            parser.print_help()
+            return 0
         args.argv = list(argv) if argv is not None else sys.argv[1:]
         handler: Callable[[argparse.Namespace], int] = {
             "run": cmd_run,
@@ -457,7 +475,8 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
                  default_topic: str, kind: str) -> Any:
             if kafka.is_kafka(target):
                 out = kafka.parse_url(target, default_topic)
-                kafka.ensure_topic(out, extra)
+                kafka.ensure_topic(out, extra,
+                                   config=kafka.VERDICT_TOPIC_CONFIG if kind == "verdicts" else None)
                 spill = f"{cfg.name.replace('/', '_')}.undelivered-{kind}.jsonl"
                 return kafka.KafkaProducerSink(out, extra, render_message, opts.broker_timeout_s,
                                                render_line=render_line, spill=spill)
@@ -473,6 +492,7 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
     except kafka.KafkaSetupError as exc:
         _say(str(exc))
         return 1
+    control = StageControl(cfg.stage, cfg.effective())  # before serve: controllers ask for its stage
     # Every process builds the same dataflow (Bytewax requires it); only process 0, which
     # holds the judge, serves metrics and draws the board.  Followers keep no-op observers.
     follower = opts.process_id > 0
@@ -481,7 +501,7 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
     elif opts.metrics_port:
         collector = CanaryCollector(health=health, rollouts=(cfg.name,))
         try:
-            serve(collector, opts.metrics_port, opts.metrics_addr)
+            serve(collector, opts.metrics_port, opts.metrics_addr, stage=lambda: control.stage)
         except OSError as exc:
             raise UsageError(f"--metrics-port {opts.metrics_port}: cannot listen: {exc.strerror}") from None
         sinks.observers.append(ObserveSink(collector.observe))
@@ -492,7 +512,6 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
         board_sink = BoardSink(Board())
         sinks.observers.append(board_sink)
 
-    control = StageControl(cfg.stage, cfg.effective())
     if opts.config_path is not None and hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, _reload_stage(opts.config_path, control))
 
@@ -627,7 +646,8 @@ def _stop_gracefully(signum: int, frame: FrameType | None) -> None:
     if STOP.is_set():
         raise KeyboardInterrupt
     STOP.set()
-    _say("stopping: flushing outputs" + (" (again to stop at once)" if sys.stdin.isatty() else ""))
+    at_terminal = sys.stdin is not None and sys.stdin.isatty()  # None: started with stdin closed
+    _say("stopping: flushing outputs" + (" (again to stop at once)" if at_terminal else ""))
 
     def overdue() -> None:  # e.g. a sink waiting on an unreachable broker
         _say(f"graceful stop took over {STOP_GRACE_S:g} s: stopping at once")

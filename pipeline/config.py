@@ -2,7 +2,7 @@
 
 Every error names the offending key (``thresholds.latency_ratio_max``) and the
 bad value; nothing falls back silently.  The accepted keys are exactly those of
-SPEC section 2.
+docs/config.md.
 """
 
 from __future__ import annotations

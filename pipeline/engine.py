@@ -2,7 +2,7 @@
 
 `Engine.feed` takes decoded items in delivery order and returns what became
 due: dead letters at once, and one `Report` (verdict plus statistics) per
-window that the watermark closed.  The clock (SPEC section 4):
+window that the watermark closed.  The clock (docs/events.md, "Event time"):
 
 * watermark = min over live partitions of (largest event time seen there)
   - allowed_lateness_s; a partition that ended stops holding it back;

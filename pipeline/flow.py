@@ -12,7 +12,7 @@ Outputs leave keyed so file sinks stay on one worker.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +28,7 @@ from pipeline.engine import Engine, Output, Report
 from pipeline.io.chunk import Chunk
 from pipeline.io.kafka import SourceHealth
 from pipeline.io.lifecycle import STOP, failpoint
-from pipeline.model import DecodeError, Event
+from pipeline.model import DeadLetter, DecodeError, Event
 from pipeline.partial import Partial, summarize
 
 # The judge's key for each total worker count: one whose hash Bytewax 0.21 routes to
@@ -109,6 +109,8 @@ class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
             out = self.engine.feed_partial(value.partial, chunk.partition, value.redecode, chunk.locate, now)
         else:
             out = self.engine.feed(value.items or [], chunk.partition, chunk.locate, now)
+        if chunk.timestamps is not None:
+            _keep_origin(out, chunk)
         if chunk.last:
             out.extend(self.engine.end_partition(chunk.partition))
         if any(type(x) is Report for x in out):
@@ -132,6 +134,19 @@ class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
     def snapshot(self) -> Engine:
         failpoint("snapshot")
         return self.engine
+
+
+def _keep_origin(out: list[Output], chunk: Chunk) -> None:
+    """Give the chunk's dead letters their Kafka message's key, timestamp and headers (in place)."""
+    for j, item in enumerate(out):
+        if type(item) is DeadLetter:
+            i = chunk.index_of(item.source)
+            if i is None:
+                continue
+            assert chunk.timestamps is not None
+            headers = chunk.headers[i] if chunk.headers is not None else None
+            out[j] = replace(item, key=chunk.keys[i] if chunk.keys is not None else None,
+                             timestamp_ms=chunk.timestamps[i], headers=tuple(headers or ()))
 
 
 def build_flow(cfg: Config, source: Source[Chunk], sinks: Sinks, *,

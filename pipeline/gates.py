@@ -1,4 +1,4 @@
-"""The gates of SPEC section 3, the stage ladder and the decision of section 4.
+"""The gates, the stage ladder and the decision of docs/gates.md.
 
 Each gate is a function of the horizon statistics and the config that returns
 its rows.  A row's `hard_stop` is set centrally: it fails, its own stop
@@ -481,7 +481,7 @@ def judge(h: WindowStats, cfg: Config, evidence: Evidence,
 
 
 def decide(rows: tuple[GateRow, ...], stage: str, sustained: bool) -> Decision:
-    """Decision of SPEC section 4 given the rows and whether the clean run is long enough.
+    """Decision of docs/gates.md ("The decision") given the rows and whether the clean run is long enough.
 
     Regions short of data do not count where other regions judge their gate (model.deciding_rows).
     """

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -136,6 +136,18 @@ class DeadLetter:
     detail: str
     variant: str | None = None
     source: str | None = None  # where the message came from, e.g. "file:3" or "topic/2@17"
+    # The original Kafka message's key, timestamp (ms since the epoch) and headers: the dead-letter
+    # message keeps the key and headers (so it partitions alike and can be re-driven) and names the time.
+    key: bytes | None = None
+    timestamp_ms: int | None = None
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+
+    def __setstate__(self, state: list[Any]) -> None:
+        # Dead letters pickled before the key, timestamp and headers hold five values (the pickled
+        # state is the list of field values); the fields added since take their defaults.
+        values = iter(state)
+        for f in fields(self):
+            object.__setattr__(self, f.name, next(values, f.default))
 
     def to_record(self) -> dict[str, Any]:
         """JSON-able record: the original line and why it was diverted."""

@@ -612,7 +612,7 @@ def safe_name(rollout: str) -> str:
 
 def render(out_dir: Path, cfg: Config, verdicts: list[dict[str, Any]], windows: list[dict[str, Any]],
            whatifs: list[dict[str, Any]] | None = None) -> Path:
-    """Write the replay report of `verdicts` (SPEC section 4 records) and their `window_record`s.
+    """Write the replay report of `verdicts` (docs/verdicts.md records) and their `window_record`s.
 
     Writes `out_dir/<rollout>.report.html` and `out_dir/<rollout>-figures/NAME.png` (one per
     FIGURES entry) and returns the HTML path.  `whatifs`, when given, are listed in a

@@ -163,16 +163,17 @@ def _verdicts(out: list[Any]) -> list[tuple[Any, ...]]:
 
 # -- bounds and models ---------------------------------------------------------------------------
 def series_bound(cfg: config_mod.Config) -> int:
-    """Most series the exposition can show, from limits.max_label_values alone.
+    """Most series the exposition of one rollout can show, from limits.max_label_values alone.
 
     Every event-derived label has at most max_label_values kept values plus
     "other"; status is 100..599 by schema (5xx classes: 100 statuses x 3
-    phases); everything else is fixed by the code.
+    phases); everything else is fixed by the code.  The `rollout` label takes
+    the config's name alone, so it multiplies nothing here.
     """
     n = cfg.limits.max_label_values + 1  # kept values + "other", for variant, region, topic, prefix
     rows = (GATES - PER_REGION_GATES) + PER_REGION_GATES * n
-    verdict = 4 + 1 + rows * (5 + 3)  # decision one-hot, window end; per row: status one-hot, observed,
-    #                                   threshold, hard stop
+    verdict = 4 + 2 + rows * (5 + 4)  # decision one-hot, window end, latch; per row: status one-hot,
+    #                                   observed, threshold, p-value, hard stop
     latency = n * n * 2 * len(PHASES) * len(QUANTILES)  # variant x region x warm/cold x phase x q
     probe = n + n * n  # median ΔS per variant, coverage per variant and topic
     cache = n * n + n  # prefixes per variant, hit ratio per variant
@@ -277,14 +278,20 @@ def test_flood_keeps_series_under_the_bound_and_counts_every_fold(path: str) -> 
     for name, values in per_label.items():
         assert len(values) <= L + 1, (name, len(values))
     assert per_label["variant"] >= {CFG.control, CFG.canary, OTHER}
+    # the rollout label holds the config's name alone, whatever the events say; only the
+    # process's dead-letter counter has none
+    rollouts = {s.labels["rollout"] for s in samples if "rollout" in s.labels}
+    assert rollouts == {CFG.name}, rollouts
+    assert {s.name for s in samples if "rollout" not in s.labels} <= {"canary_gate_dead_letters_total"}
     # every label overflowed, says so, and counts exactly what folded
     value = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in samples}
     want = expected_folds(events)
     for kind in LABEL_KINDS:
-        kept = value[("canary_gate_label_values", (("label", kind),))]
+        key = (("label", kind), ("rollout", CFG.name))
+        kept = value[("canary_gate_label_values", key)]
         assert kept == len(engine.caps.kinds[kind]) <= engine.caps.cap(kind)
-        assert value[("canary_gate_label_overflow", (("label", kind),))] == 1.0
-        folded = value[("canary_gate_label_folded_events_total", (("label", kind),))]
+        assert value[("canary_gate_label_overflow", key)] == 1.0
+        folded = value[("canary_gate_label_folded_events_total", key)]
         assert folded == want[kind] > 0, (kind, folded, want[kind])
     assert want["variant"] == FLOOD - (L - 2)  # every flood event but the first L - 2 variants'
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,63 @@ def test_unwritable_outputs_and_bad_gzip_exit_2(tmp_path: Path, config_file: Pat
     (tmp_path / "file").write_text("")
     res = _cli("replay", "--config", str(config_file), str(bad_gz), "--out", str(tmp_path / "file"))
     assert res.returncode in (1, 2) and len(res.stderr.decode().strip().splitlines()) == 1
+
+
+def test_version_prints_the_package_version() -> None:
+    from importlib.metadata import version
+
+    res = _cli("--version")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.decode() == f"canary-gate {version('canary-gate')}\n"
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'\nversion = "{version("canary-gate")}"\n' in pyproject  # metadata matches pyproject
+
+
+def test_no_command_prints_the_help_on_stdout_and_exits_0() -> None:
+    res = _cli()
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == b""
+    out = res.stdout.decode()
+    assert out.startswith("usage: canary-gate ")
+    for command in ("run", "check-config", "generate", "replay"):
+        assert f"\n    {command}" in out, out
+
+
+def _every_parser(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield parser.prog, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _every_parser(sub)
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    from pipeline.cli import _parser
+
+    missing = []
+    parsers = dict(_every_parser(_parser()))
+    assert set(parsers) == {"canary-gate", "canary-gate run", "canary-gate check-config",
+                            "canary-gate generate", "canary-gate replay"}
+    for prog, parser in parsers.items():
+        for action in parser._actions:
+            name = "/".join(action.option_strings) or action.dest
+            if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+                missing.append(f"{prog} {name}")
+            if isinstance(action, argparse._SubParsersAction):
+                helped = {a.dest for a in action._choices_actions if (a.help or "").strip()}
+                missing += [f"{prog} {c}" for c in action.choices if c not in helped]
+    assert not missing, f"options without help: {missing}"
+
+
+def test_version_of_an_uninstalled_tree_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    def missing(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out == "canary-gate unknown (not installed)\n"

@@ -14,7 +14,7 @@ from conftest import ROOT, free_port, poll_metrics, start_run
 
 from pipeline import scenarios
 
-VERDICTS = re.compile(r"^canary_gate_verdicts_total [1-9]", re.M)
+VERDICTS = re.compile(r'^canary_gate_verdicts_total\{rollout="[^"]+"\} [1-9]', re.M)
 CONSUMED = re.compile(r'^canary_gate_partition_events_consumed_total\{partition="(\d)"\} [1-9]', re.M)
 
 

@@ -95,7 +95,11 @@ def test_prometheus_scrapes_a_running_pipeline(prometheus, tmp_path: Path) -> No
         stops = _query(web_port, "canary_gate_gate_hard_stop == 1")
         assert {s["metric"]["gate"] for s in stops} == {"new_5xx_class"}
         assert _query(web_port, 'up{job="canary-gate"}')[0]["value"][1] == "1"
-        assert _query(web_port, 'canary_gate_latency_seconds{phase="tfinal",q="0.95",temperature="warm"}')
+        latency = _query(web_port, 'canary_gate_latency_seconds{phase="tfinal",q="0.95",temperature="warm"}')
+        assert latency and {s["metric"]["rollout"] for s in latency} == {"chat-rag-v2"}
+        # per-rollout health carries the rollout; the process's dead-letter output does not
+        assert _query(web_port, 'canary_gate_verdicts_total{rollout="chat-rag-v2"}')
+        assert not _query(web_port, 'canary_gate_dead_letters_total{rollout!=""}')
     finally:
         run.stdin.close()
         code = run.wait(timeout=60)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import itertools
+import os
 import queue
+import select
 import sys
 import threading
 from pathlib import Path
@@ -17,45 +19,106 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from pipeline.engine import Report
 from pipeline.io.chunk import Chunk
-from pipeline.io.lifecycle import STOP, failpoint
+from pipeline.io.lifecycle import STOP, fail, failpoint
 from pipeline.model import DeadLetter
 
 
 def open_lines(path: str) -> IO[bytes]:
-    """Open a JSONL source for binary reading: a path, a .gz path, or '-' for stdin."""
-    if path == "-":
-        return sys.stdin.buffer
+    """Open a JSONL file for binary reading: a path or a .gz path (stdin is read by `_PipeReader`)."""
     if path.endswith(".gz"):
         return gzip.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")
 
 
 class _PipeReader:
-    """Reads a pipe (stdin) on a thread so the dataflow never blocks waiting for a line."""
+    """Reads a pipe (stdin) on a thread so the dataflow never blocks waiting for a line.
 
-    def __init__(self, stream: IO[bytes], capacity: int = 100_000) -> None:
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=capacity)  # backpressure
-        self.thread = threading.Thread(target=self._pump, args=(stream,), daemon=True,
-                                       name="canary-gate-stdin")
+    The thread reads the file descriptor with `os.read` after `select` says there is
+    data, never through `sys.stdin.buffer`: a thread blocked inside a buffered
+    reader holds its lock, and interpreter shutdown, which flushes and closes
+    `sys.stdin`, then aborts the process (`_enter_buffered_busy`).  Waiting in
+    `select` with a timeout also lets `stop` end the thread within POLL_S.
+    Lines travel in blocks (one per `os.read`) to keep the queue's cost per line low.
+    """
+
+    POLL_S = 0.1
+    READ_BYTES = 1 << 16
+
+    def __init__(self, fd: int = 0, skip: int = 0, capacity: int = 256) -> None:
+        self.fd = fd
+        self.skip = skip
+        # Backpressure: at most `capacity` blocks (of up to READ_BYTES each) wait in memory.
+        self.queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=capacity)
+        self.pending: list[bytes] = []  # lines of a block taken from the queue but not yet read
+        self.ended = False
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._pump, daemon=True, name="canary-gate-stdin")
         self.thread.start()
 
-    def _pump(self, stream: IO[bytes]) -> None:
-        for line in stream:
-            self.queue.put(line)
-        self.queue.put(None)
+    def _put(self, item: list[bytes] | None) -> bool:
+        """Queue a block (or the end); False if asked to stop while the queue was full."""
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=self.POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _pump(self) -> None:
+        rest: list[bytes] = []  # the start of a line not yet ended (joined once its newline comes)
+        while not self.stopping.is_set():
+            try:
+                ready, _, _ = select.select([self.fd], [], [], self.POLL_S)
+                if not ready:
+                    continue
+                data = os.read(self.fd, self.READ_BYTES)
+            except OSError as exc:  # stdin closed under us or not readable: the run fails saying so
+                fail(f"reading stdin: {exc.strerror or exc}")
+                return
+            if not data:
+                break
+            if b"\n" not in data:
+                rest.append(data)
+                continue
+            lines = data.split(b"\n")
+            lines[0] = b"".join([*rest, lines[0]])
+            tail = lines.pop()
+            rest = [tail] if tail else []
+            if self.skip:
+                dropped = min(self.skip, len(lines))
+                del lines[:dropped]
+                self.skip -= dropped
+            if lines and not self._put(lines):
+                return
+        if self.stopping.is_set():
+            return
+        if rest and not self.skip:
+            self._put([b"".join(rest)])  # a last line without a newline
+        self._put(None)
 
     def read(self, n: int) -> tuple[list[bytes], bool]:
         """Up to n lines that have arrived, and whether the end was reached."""
         lines: list[bytes] = []
-        try:
-            while len(lines) < n:
-                line = self.queue.get_nowait() if lines else self.queue.get(timeout=0.05)
-                if line is None:
-                    return lines, True
-                lines.append(line)
-        except queue.Empty:
-            pass
-        return lines, False
+        while len(lines) < n and not self.ended:
+            if not self.pending:
+                try:
+                    block = self.queue.get_nowait() if lines else self.queue.get(timeout=0.05)
+                except queue.Empty:
+                    break
+                if block is None:
+                    self.ended = True
+                    break
+                self.pending = block
+            take = n - len(lines)
+            lines += self.pending[:take]
+            del self.pending[:take]
+        return lines, self.ended and not self.pending
+
+    def stop(self) -> None:
+        """Ask the thread to end and wait briefly for it (it never holds a Python I/O lock)."""
+        self.stopping.set()
+        self.thread.join(timeout=2 * self.POLL_S + 1)
 
 
 class _FilePartition(StatefulSourcePartition[Chunk, int]):
@@ -63,17 +126,21 @@ class _FilePartition(StatefulSourcePartition[Chunk, int]):
         self.path = path
         self.name = "stdin" if path == "-" else Path(path).name
         self.batch_size = batch_size
-        self.stream = open_lines(path)
-        self.line_no = 0
-        for _ in itertools.islice(self.stream, skip):
-            self.line_no += 1
-        self.pipe = _PipeReader(self.stream) if path == "-" else None
+        self.line_no = skip
+        self.stream: IO[bytes] | None = None
+        self.pipe: _PipeReader | None = None
+        if path == "-":
+            self.pipe = _PipeReader(0, skip)  # fd 0: the process's standard input
+        else:
+            self.stream = open_lines(path)
+            self.line_no = sum(1 for _ in itertools.islice(self.stream, skip))
         self.done = False
 
     def _read(self) -> list[bytes]:
         if self.pipe is not None:
             raw, self.done = self.pipe.read(self.batch_size)
             return raw
+        assert self.stream is not None
         raw = list(itertools.islice(self.stream, self.batch_size))
         self.done = len(raw) < self.batch_size
         return raw
@@ -103,7 +170,9 @@ class _FilePartition(StatefulSourcePartition[Chunk, int]):
         return self.line_no
 
     def close(self) -> None:
-        if self.stream is not sys.stdin.buffer:
+        if self.pipe is not None:
+            self.pipe.stop()
+        if self.stream is not None:
             self.stream.close()
 
 

@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,13 @@ _quiet.propagate = False
 
 
 Headers = list[tuple[str, str | bytes | None]]
-Message = tuple[bytes | None, bytes, Headers]  # key, value, headers
+Message = tuple[bytes | None, bytes, Headers, int | None]  # key, value, headers, timestamp (ms)
+# Version of the verdict record (schemas/verdict.schema.json) in the `schema_version` header of
+# verdict messages; raised when a change would break a consumer of the records.
+VERDICT_SCHEMA_VERSION = "1"
+# A verdict topic canary-gate creates keeps its messages regardless of their time: a verdict's
+# timestamp is its window end, so time retention would delete a backfill's verdicts at once.
+VERDICT_TOPIC_CONFIG = {"retention.ms": "-1"}
 
 
 class KafkaSetupError(Exception):
@@ -135,8 +142,8 @@ def partitions(url: KafkaUrl, extra: dict[str, str], timeout: float = 10.0) -> l
 
 
 def ensure_topic(url: KafkaUrl, extra: dict[str, str], num_partitions: int = 1,
-                 timeout: float = 10.0) -> None:
-    """Create the topic if it is missing (for outputs and the generator)."""
+                 timeout: float = 10.0, config: dict[str, str] | None = None) -> None:
+    """Create the topic (with topic `config`) if it is missing (for outputs and the generator)."""
     try:
         partitions(url, extra, timeout)
         return
@@ -144,7 +151,7 @@ def ensure_topic(url: KafkaUrl, extra: dict[str, str], num_partitions: int = 1,
         if "does not exist" not in str(exc):
             raise
     admin = AdminClient(client_config(url, extra))
-    future = admin.create_topics([NewTopic(url.topic, num_partitions, 1)])[url.topic]
+    future = admin.create_topics([NewTopic(url.topic, num_partitions, 1, config=config or {})])[url.topic]
     try:
         future.result(timeout=timeout)
     except KafkaException as exc:
@@ -281,6 +288,9 @@ class _TelemetryPartition(StatefulSourcePartition[Chunk, int | None]):
         msgs = self.consumer.consume(self.batch_size, 0.001)
         lines: list[bytes] = []
         offsets: list[int] = []
+        keys: list[bytes | None] | None = None
+        headers: list[Any] | None = None
+        stamps: list[int] = []
         if msgs:
             good = []
             for msg in msgs:
@@ -308,9 +318,20 @@ class _TelemetryPartition(StatefulSourcePartition[Chunk, int | None]):
             else:
                 offsets = [m.offset() or 0 for m in msgs]
             lines = [m.value() or b"" for m in msgs]
+            # For the dead-letter output: a few tens of ns a message; keys and headers stay None
+            # when no message has any, so an unkeyed topic's chunks carry nothing more.
+            stamps = [m.timestamp()[1] for m in msgs]
+            keys = [m.key() for m in msgs]
+            if keys.count(None) == len(keys):
+                keys = None
+            headers = [m.headers() for m in msgs]
+            if headers.count(None) == len(headers):
+                headers = None
             if stop is not None and offsets[-1] >= stop:
                 keep = bisect.bisect_left(offsets, stop)
-                lines, offsets = lines[:keep], offsets[:keep]
+                lines, offsets, stamps = lines[:keep], offsets[:keep], stamps[:keep]
+                keys = keys[:keep] if keys is not None else None
+                headers = headers[:keep] if headers is not None else None
             if offsets:
                 self.next_offset = offsets[-1] + 1
         if stop is not None and self.next_offset is not None and self.next_offset >= stop:
@@ -320,7 +341,8 @@ class _TelemetryPartition(StatefulSourcePartition[Chunk, int | None]):
             return []
         # An empty chunk carries a lag reading (or the news that the broker is back) to the
         # judge's worker, where the metrics are.
-        return [Chunk(self.part, lines, self.name, 0, last=self.done, offsets=offsets, lag=lag)]
+        return [Chunk(self.part, lines, self.name, 0, last=self.done, offsets=offsets, lag=lag, keys=keys,
+                      timestamps=stamps, headers=headers)]
 
     def next_awake(self) -> Any:
         return None
@@ -425,10 +447,11 @@ class KafkaProducerSink(DynamicSink[Any]):
 
             values = [item[1] if isinstance(item, tuple) else item for item in items]
             for i, value in enumerate(values):
-                key, payload, headers = self.render(value)
+                key, payload, headers, stamp = self.render(value)
                 while True:
                     try:
                         self.producer.produce(self.url.topic, value=payload, key=key, headers=headers,
+                                              timestamp=stamp or 0,  # 0: the producer's clock
                                               on_delivery=delivered_as(i))
                         break
                     except BufferError:  # local queue full: let deliveries drain
@@ -453,12 +476,33 @@ class KafkaProducerSink(DynamicSink[Any]):
         return _ProducerPartition(self)
 
 
-def render_verdict(rollout: str) -> Callable[[Report], Message]:
-    """Verdict message: key = rollout name, value = the SPEC section 4 JSON."""
-    key = rollout.encode()
+def verdict_message(record: dict[str, Any]) -> Message:
+    """A verdict record as a Kafka message, a function of the record alone.
 
+    Key: the rollout.  Headers: `rollout`, `stage`, `decision` (to route or
+    filter without parsing the value) and `schema_version`.  Timestamp: the
+    window end, so a verdict re-emitted after a restart, or produced again from
+    an undelivered-verdicts file, is the same message.
+    """
+    rollout = str(record["rollout"]).encode()
+    headers: Headers = [("rollout", rollout), ("stage", str(record["stage"]).encode()),
+                        ("decision", str(record["decision"]).encode()),
+                        ("schema_version", VERDICT_SCHEMA_VERSION.encode())]
+    return rollout, orjson.dumps(record), headers, epoch_ms(record["window_end"])
+
+
+def epoch_ms(moment: str) -> int:
+    """An RFC 3339 time with a Z suffix (as in verdict records) as ms since the epoch."""
+    return round(datetime.fromisoformat(moment).timestamp() * 1000)
+
+
+def render_verdict(rollout: str) -> Callable[[Report], Message]:
+    """Verdicts of `rollout` as Kafka messages (`verdict_message`)."""
     def render(report: Report) -> Message:
-        return key, orjson.dumps(report.verdict.to_record()), []
+        record = report.verdict.to_record()
+        if record["rollout"] != rollout:
+            raise ValueError(f"verdict of rollout {record['rollout']!r} on the sink of {rollout!r}")
+        return verdict_message(record)
 
     return render
 
@@ -469,11 +513,18 @@ DEAD_LETTER_MAX_BYTES = 512 * 1024  # a dead letter's bytes past this are cut (b
 def render_dead_letter(dead: DeadLetter) -> Message:
     """Dead-letter message: the original bytes, with reason and origin as headers.
 
-    A message over DEAD_LETTER_MAX_BYTES (a `too_large` one) keeps its first
-    DEAD_LETTER_MAX_BYTES, with its full size in a `truncated_from` header: the
-    broker's default limit (1 MB) would refuse it whole and fail the run.
+    A message read from Kafka keeps its key (so it lands on the partition its
+    key chooses) and its headers; the dead-letter headers follow the original
+    ones (on a clash of names the last one is canary-gate's).  Its timestamp
+    goes in a `source_timestamp` header (ms), not in the message's own: a
+    dead-letter topic with time retention would delete at once the dead letters
+    of a backfill of old messages.  A message over DEAD_LETTER_MAX_BYTES (a `too_large`
+    one) keeps its first DEAD_LETTER_MAX_BYTES, with its full size in a
+    `truncated_from` header: the broker's default limit (1 MB) would refuse it
+    whole and fail the run.
     """
-    headers: Headers = [("reason", str(dead.reason).encode()), ("detail", dead.detail.encode()[:1024])]
+    headers: Headers = [*dead.headers, ("reason", str(dead.reason).encode()),
+                        ("detail", dead.detail.encode()[:1024])]
     raw = dead.raw
     if len(raw) > DEAD_LETTER_MAX_BYTES:
         headers.append(("truncated_from", str(len(raw)).encode()))
@@ -487,4 +538,6 @@ def render_dead_letter(dead: DeadLetter) -> Message:
                         ("source_offset", m["offset"].encode())]
         else:
             headers.append(("source", dead.source.encode()))
-    return None, raw, headers
+    if dead.timestamp_ms is not None and dead.timestamp_ms > 0:  # librdkafka: -1 when not available
+        headers.append(("source_timestamp", str(dead.timestamp_ms).encode()))
+    return dead.key, raw, headers, None

@@ -1,13 +1,24 @@
 """Prometheus exposition of verdicts, statistics and pipeline health (SPEC section 6).
 
-`CanaryCollector` keeps the latest verdict and running counters and renders
-them on scrape; it is fed through an `ObserveSink` inside the dataflow.  Label values
-that come from events (variant, region) were already capped by the engine's
-`LabelCaps`; status codes are bounded by the schema (100-599) and failure
-phases by their enum, so no event can grow the series count without bound.
-Events counted under "other" because a label was full are counted per label
-(`label_folded_events_total`), read from each closed window's counters.
-Wall time (for event-time lag) comes from an injected clock.
+`CanaryCollector` keeps, per rollout, the latest verdict and running counters,
+and renders them on scrape; it is fed through an `ObserveSink` inside the
+dataflow.  Everything a rollout's judge computes carries a `rollout` label:
+verdicts, statistics, its clock (watermark, lag), its counts of events,
+verdicts and dropped events, and its label caps.  The values of `rollout`
+come from the config (the rollouts the collector is built with, and the
+`rollout` of each verdict, which is the config's name), never from events.
+What belongs to the process rather than to a rollout has no `rollout`
+label: the dead-letter output (a message that cannot be decoded names no
+rollout) and the Kafka source's partitions.
+
+Label values that come from events (variant, region) were already capped by
+the engine's `LabelCaps`; status codes are bounded by the schema (100-599) and
+failure phases by their enum, so no event can grow the series count without
+bound.  Events counted under "other" because a label was full are counted per
+label (`label_folded_events_total`), read from each closed window's counters.
+Counters read from closed windows (requests, errors, dropped events, folds)
+move when a window closes.  Wall time (for event-time lag) comes from an
+injected clock.
 """
 
 from __future__ import annotations
@@ -15,7 +26,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -24,7 +36,7 @@ from prometheus_client.registry import Collector
 from pipeline.engine import Report
 from pipeline.io.kafka import SourceHealth
 from pipeline.model import DeadLetter, Decision, GateStatus, Verdict
-from pipeline.stats import OTHER
+from pipeline.stats import OTHER, ClosedWindow
 
 PREFIX = "canary_gate"
 
@@ -42,71 +54,88 @@ FOLDED_IN: dict[str, tuple[tuple[str, int | None], ...]] = {
 }
 
 
+@dataclass
+class RolloutState:
+    """What the window closes of one rollout said: the latest views and running counters."""
+
+    verdict: Verdict | None = None
+    quantiles: dict[tuple[str, str, str, str, float], float] = field(default_factory=dict)
+    horizon_stats: dict[str, dict[tuple[str, ...], float]] = field(default_factory=dict)
+    watermark: float | None = None
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    errors: Counter[tuple[str, str]] = field(default_factory=Counter)
+    classes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    x_warm: Counter[tuple[str, str]] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    events: int = 0
+    verdicts: int = 0
+    dedupe_overflow: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+    overflow: set[str] = field(default_factory=set)
+    folded: Counter[str] = field(default_factory=lambda: Counter({label: 0 for label in FOLDED_IN}))
+
+    def observe(self, report: Report) -> None:
+        """Fold in one window close of this rollout."""
+        self.verdict = report.verdict
+        self.verdicts += 1
+        self.quantiles = report.quantiles
+        self.horizon_stats = report.horizon_stats
+        self.watermark = report.watermark
+        totals = report.totals
+        self.events = totals.get("events_in", 0)
+        self.dedupe_overflow = totals.get("dedupe_overflow", 0)
+        self.labels = {k[len("labels_"):]: n for k, n in totals.items() if k.startswith("labels_")}
+        self.overflow = {k[len("overflow_"):] for k in totals if k.startswith("overflow_")}
+        if report.window is not None:
+            self._count(report.window)
+
+    def _count(self, window: ClosedWindow) -> None:
+        c = window.c
+        for key, n in c.get("user", {}).items():
+            self.requests[key] += n
+        for key, n in c.get("errors", {}).items():
+            self.errors[key] += n
+        for (variant, status, phase), n in c.get("classes", {}).items():
+            self.classes[(variant, str(status), phase)] += n
+        for key, n in c.get("x_warm", {}).items():
+            self.x_warm[key] += n
+            self.dropped["x_warm"] += n
+        for _, n in c.get("duplicates", {}).items():
+            self.dropped["duplicate"] += n
+        for (_, reason), n in c.get("dead", {}).items():
+            self.dropped[str(reason)] += n
+        for label, places in FOLDED_IN.items():
+            for family, at in places:
+                counter = c.get(family)
+                if counter:
+                    self.folded[label] += sum(n for key, n in counter.items()
+                                              if (key if at is None else key[at]) == OTHER)
+
+
 class CanaryCollector(Collector):
-    """Holds what the last window closes said; renders it as metric families."""
+    """Holds what the window closes of each rollout said; renders it as metric families."""
 
     def __init__(self, clock: Callable[[], float] = time.time, health: SourceHealth | None = None,
                  rollouts: tuple[str, ...] = ()) -> None:
         self.clock = clock
         self.health = health
-        self.configured = set(rollouts)
-        self.records: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
-        self.verdict: Verdict | None = None
-        self.quantiles: dict[tuple[str, str, str, str, float], float] = {}
-        self.horizon_stats: dict[str, dict[tuple[str, ...], float]] = {}
-        self.watermark: float | None = None
-        self.requests: Counter[tuple[str, str]] = Counter()
-        self.errors: Counter[tuple[str, str]] = Counter()
-        self.classes: Counter[tuple[str, str, str]] = Counter()
-        self.x_warm: Counter[tuple[str, str]] = Counter()
-        self.dropped: Counter[str] = Counter()
-        self.events = 0
-        self.verdicts = 0
-        self.dedupe_overflow = 0
-        self.labels: dict[str, int] = {}
-        self.overflow: set[str] = set()
-        self.folded: Counter[str] = Counter({label: 0 for label in FOLDED_IN})
-        self.dead_letters: Counter[str] = Counter()
+        # Keyed by rollout name: the configured ones from the start (their counters show 0
+        # before the first verdict), others as their first verdict arrives.
+        self.state: dict[str, RolloutState] = {name: RolloutState() for name in rollouts}
+        self.records: dict[str, dict[str, Any]] = {}
+        self.dead_letters: Counter[str] = Counter()  # the process's dead-letter output, by reason
 
     def observe(self, item: Report | DeadLetter) -> None:
         """Fold one dataflow output in."""
         with self.lock:
             if isinstance(item, DeadLetter):
+                # Counted per rollout too, in dropped_events_total, when its window closes.
                 self.dead_letters[str(item.reason)] += 1
-                self.dropped[str(item.reason)] += 1
                 return
-            self.verdict = item.verdict
-            self.records[item.verdict.rollout] = item.verdict.to_record()
-            self.verdicts += 1
-            self.quantiles = item.quantiles
-            self.horizon_stats = item.horizon_stats
-            self.watermark = item.watermark
-            self.events = item.totals.get("events_in", 0)
-            self.dedupe_overflow = item.totals.get("dedupe_overflow", 0)
-            self.labels = {k[len("labels_"):]: n for k, n in item.totals.items() if k.startswith("labels_")}
-            self.overflow = {k[len("overflow_"):] for k in item.totals if k.startswith("overflow_")}
-            window = item.window
-            if window is None:
-                return
-            c = window.c
-            for key, n in c.get("user", {}).items():
-                self.requests[key] += n
-            for key, n in c.get("errors", {}).items():
-                self.errors[key] += n
-            for (variant, status, phase), n in c.get("classes", {}).items():
-                self.classes[(variant, str(status), phase)] += n
-            for key, n in c.get("x_warm", {}).items():
-                self.x_warm[key] += n
-                self.dropped["x_warm"] += n
-            for _, n in c.get("duplicates", {}).items():
-                self.dropped["duplicate"] += n
-            for label, places in FOLDED_IN.items():
-                for family, at in places:
-                    counter = c.get(family)
-                    if counter:
-                        self.folded[label] += sum(n for key, n in counter.items()
-                                                  if (key if at is None else key[at]) == OTHER)
+            rollout = item.verdict.rollout
+            self.records[rollout] = item.verdict.to_record()
+            self.state.setdefault(rollout, RolloutState()).observe(item)
 
     def latest(self) -> dict[str, dict[str, Any]]:
         """The latest verdict record per rollout."""
@@ -116,130 +145,19 @@ class CanaryCollector(Collector):
     def rollouts(self) -> set[str]:
         """Rollouts this process judges (configured, or seen in a verdict)."""
         with self.lock:
-            return self.configured | set(self.records)
+            return set(self.state)
 
     def collect(self) -> Iterator[Metric]:
         with self.lock:
-            yield from self._verdict_families()
-            yield from self._stat_families()
-            yield from self._health_families()
+            states = sorted(self.state.items())
+            yield from _verdict_families(states)
+            yield from _stat_families(states)
+            yield from _health_families(states, self.clock)
+            yield from self._process_families()
 
-    def _verdict_families(self) -> Iterator[Metric]:
-        v = self.verdict
-        decision = GaugeMetricFamily(
-            f"{PREFIX}_decision", "Latest decision per rollout, one-hot over the four decisions.",
-            labels=["rollout", "stage", "decision"])
-        status = GaugeMetricFamily(
-            f"{PREFIX}_gate_status", "Latest gate status per region, one-hot over the five statuses.",
-            labels=["rollout", "stage", "gate", "region", "status"])
-        observed = GaugeMetricFamily(
-            f"{PREFIX}_gate_observed", "Observed value of a gate row (absent for set-valued gates).",
-            labels=["rollout", "stage", "gate", "region"])
-        threshold = GaugeMetricFamily(
-            f"{PREFIX}_gate_threshold", "Threshold of a gate row (absent for set-valued gates).",
-            labels=["rollout", "stage", "gate", "region"])
-        p_value = GaugeMetricFamily(
-            f"{PREFIX}_gate_p_value",
-            "Anytime-valid p-value of a gate row's sequential test since the stage began "
-            "(ratio and rate gates).",
-            labels=["rollout", "stage", "gate", "region"])
-        hard_stop = GaugeMetricFamily(
-            f"{PREFIX}_gate_hard_stop", "1 when a gate row is a hard stop (page on this).",
-            labels=["rollout", "stage", "gate", "region"])
-        latched = GaugeMetricFamily(
-            f"{PREFIX}_stop_latched", "1 when the decision is a stop latched earlier in the stage.",
-            labels=["rollout", "stage"])
-        window_end = GaugeMetricFamily(
-            f"{PREFIX}_window_end_timestamp_seconds", "End of the window of the latest verdict.",
-            labels=["rollout", "stage"])
-        if v is not None:
-            for d in Decision:
-                decision.add_metric([v.rollout, v.stage, str(d)], 1.0 if v.decision is d else 0.0)
-            window_end.add_metric([v.rollout, v.stage], v.window_end)
-            latched.add_metric([v.rollout, v.stage], 1.0 if v.latch else 0.0)
-            for row in v.gates:
-                region = row.region or ""
-                for s in GateStatus:
-                    status.add_metric([v.rollout, v.stage, row.gate, region, str(s)],
-                                      1.0 if row.status is s else 0.0)
-                if row.observed is not None:
-                    observed.add_metric([v.rollout, v.stage, row.gate, region], row.observed)
-                if row.threshold is not None:
-                    threshold.add_metric([v.rollout, v.stage, row.gate, region], row.threshold)
-                if row.p_value is not None:
-                    p_value.add_metric([v.rollout, v.stage, row.gate, region], row.p_value)
-                hard_stop.add_metric([v.rollout, v.stage, row.gate, region], 1.0 if row.hard_stop else 0.0)
-        yield from (decision, status, observed, threshold, p_value, hard_stop, latched, window_end)
-
-    def _stat_families(self) -> Iterator[Metric]:
-        latency = GaugeMetricFamily(
-            f"{PREFIX}_latency_seconds",
-            "Latency quantiles over the horizon per variant, region, warm/cold and phase.",
-            labels=["variant", "region", "temperature", "phase", "q"])
-        for (variant, region, temp, phase, q), ms in sorted(self.quantiles.items()):
-            latency.add_metric([variant, region, temp, phase, f"{q:g}"], ms / 1000.0)
-        yield latency
-        h = self.horizon_stats
-        for name, doc, labels, family in (
-            ("probe_median", "Median ΔS (stat=delta_s) or coverage per probe topic over the horizon.",
-             ["variant", "stat", "topic"], "probe_median"),
-            ("index_requests", "User requests per served (INDEX_HASH, metric, analyzer) over the horizon.",
-             ["variant", "region", "index_hash", "metric", "analyzer"], "index"),
-            ("cache_prefix_requests", "User requests per cache prefix over the horizon.",
-             ["variant", "prefix"], "prefix"),
-            ("cache_hit_ratio", "Cache hit ratio of user requests over the horizon.",
-             ["variant"], "cache_hit"),
-        ):
-            gauge = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
-            for key, value in sorted(h.get(family, {}).items()):
-                gauge.add_metric([k if k != "None" else "" for k in key], value)
-            yield gauge
-        yield _counter("requests", "User requests (x_warm pings and probes excluded).",
-                       ["variant", "region"], self.requests)
-        yield _counter("errors", "User requests with status >= 500.", ["variant", "region"], self.errors)
-        yield _counter("errors_by_class", "5xx user requests by class (status, failure_phase).",
-                       ["variant", "status", "failure_phase"], self.classes)
-        yield _counter("x_warm_pings", "Warm-up pings (counted, in no gate).",
-                       ["variant", "region"], self.x_warm)
-        yield _counter("dropped_events", "Events kept out of the gates, by reason.",
-                       ["reason"], {(k,): n for k, n in self.dropped.items()})
-        yield _counter("dead_letters", "Messages sent to the dead-letter output, by reason.",
+    def _process_families(self) -> Iterator[Metric]:
+        yield _counter("dead_letters", "Messages sent to the dead-letter output of the process, by reason.",
                        ["reason"], {(k,): n for k, n in self.dead_letters.items()})
-
-    def _health_families(self) -> Iterator[Metric]:
-        events = CounterMetricFamily(f"{PREFIX}_events_processed", "Decoded events processed.")
-        events.add_metric([], float(self.events))
-        verdicts = CounterMetricFamily(f"{PREFIX}_verdicts", "Verdicts published.")
-        verdicts.add_metric([], float(self.verdicts))
-        overflow = CounterMetricFamily(
-            f"{PREFIX}_dedupe_overflow", "Request ids not remembered: limits.dedupe_max_ids reached.")
-        overflow.add_metric([], float(self.dedupe_overflow))
-        yield events
-        yield verdicts
-        yield overflow
-        kept = GaugeMetricFamily(f"{PREFIX}_label_values", "Distinct values kept per event-derived label.",
-                                 labels=["label"])
-        full = GaugeMetricFamily(f"{PREFIX}_label_overflow",
-                                 "1 once a label reached limits.max_label_values and folds into 'other'.",
-                                 labels=["label"])
-        for label, n in sorted(self.labels.items()):
-            kept.add_metric([label], float(n))
-            full.add_metric([label], 1.0 if label in self.overflow else 0.0)
-        yield kept
-        yield full
-        yield _counter("label_folded_events",
-                       "Events counted under the label value 'other' because the label was full "
-                       "(limits.max_label_values; question: limits.max_question_ids).",
-                       ["label"], {(k,): n for k, n in self.folded.items()})
-        if self.watermark is not None:
-            wm = GaugeMetricFamily(f"{PREFIX}_watermark_timestamp_seconds",
-                                   "Stream-wide event-time watermark.")
-            wm.add_metric([], self.watermark)
-            lag = GaugeMetricFamily(f"{PREFIX}_event_time_lag_seconds",
-                                    "Wall-clock time minus the event-time watermark.")
-            lag.add_metric([], self.clock() - self.watermark)
-            yield wm
-            yield lag
         if self.health is not None and self.health.consumed:
             with self.health.lock:
                 consumed = dict(self.health.consumed)
@@ -254,8 +172,142 @@ class CanaryCollector(Collector):
             yield behind
 
 
+def _verdict_families(states: list[tuple[str, RolloutState]]) -> Iterator[Metric]:
+    decision = GaugeMetricFamily(
+        f"{PREFIX}_decision", "Latest decision per rollout, one-hot over the four decisions.",
+        labels=["rollout", "stage", "decision"])
+    status = GaugeMetricFamily(
+        f"{PREFIX}_gate_status", "Latest gate status per region, one-hot over the five statuses.",
+        labels=["rollout", "stage", "gate", "region", "status"])
+    observed = GaugeMetricFamily(
+        f"{PREFIX}_gate_observed", "Observed value of a gate row (absent for set-valued gates).",
+        labels=["rollout", "stage", "gate", "region"])
+    threshold = GaugeMetricFamily(
+        f"{PREFIX}_gate_threshold", "Threshold of a gate row (absent for set-valued gates).",
+        labels=["rollout", "stage", "gate", "region"])
+    p_value = GaugeMetricFamily(
+        f"{PREFIX}_gate_p_value",
+        "Anytime-valid p-value of a gate row's sequential test since the stage began "
+        "(ratio and rate gates).",
+        labels=["rollout", "stage", "gate", "region"])
+    hard_stop = GaugeMetricFamily(
+        f"{PREFIX}_gate_hard_stop", "1 when a gate row is a hard stop (page on this).",
+        labels=["rollout", "stage", "gate", "region"])
+    latched = GaugeMetricFamily(
+        f"{PREFIX}_stop_latched", "1 when the decision is a stop latched earlier in the stage.",
+        labels=["rollout", "stage"])
+    window_end = GaugeMetricFamily(
+        f"{PREFIX}_window_end_timestamp_seconds", "End of the window of the latest verdict.",
+        labels=["rollout", "stage"])
+    for _, state in states:
+        v = state.verdict
+        if v is None:
+            continue
+        for d in Decision:
+            decision.add_metric([v.rollout, v.stage, str(d)], 1.0 if v.decision is d else 0.0)
+        window_end.add_metric([v.rollout, v.stage], v.window_end)
+        latched.add_metric([v.rollout, v.stage], 1.0 if v.latch else 0.0)
+        for row in v.gates:
+            region = row.region or ""
+            for s in GateStatus:
+                status.add_metric([v.rollout, v.stage, row.gate, region, str(s)],
+                                  1.0 if row.status is s else 0.0)
+            if row.observed is not None:
+                observed.add_metric([v.rollout, v.stage, row.gate, region], row.observed)
+            if row.threshold is not None:
+                threshold.add_metric([v.rollout, v.stage, row.gate, region], row.threshold)
+            if row.p_value is not None:
+                p_value.add_metric([v.rollout, v.stage, row.gate, region], row.p_value)
+            hard_stop.add_metric([v.rollout, v.stage, row.gate, region], 1.0 if row.hard_stop else 0.0)
+    yield from (decision, status, observed, threshold, p_value, hard_stop, latched, window_end)
+
+
+def _stat_families(states: list[tuple[str, RolloutState]]) -> Iterator[Metric]:
+    latency = GaugeMetricFamily(
+        f"{PREFIX}_latency_seconds",
+        "Latency quantiles over the horizon per rollout, variant, region, warm/cold and phase.",
+        labels=["rollout", "variant", "region", "temperature", "phase", "q"])
+    for rollout, state in states:
+        for (variant, region, temp, phase, q), ms in sorted(state.quantiles.items()):
+            latency.add_metric([rollout, variant, region, temp, phase, f"{q:g}"], ms / 1000.0)
+    yield latency
+    for name, doc, labels, family in (
+        ("probe_median", "Median ΔS (stat=delta_s) or coverage per probe topic over the horizon.",
+         ["variant", "stat", "topic"], "probe_median"),
+        ("index_requests", "User requests per served (INDEX_HASH, metric, analyzer) over the horizon.",
+         ["variant", "region", "index_hash", "metric", "analyzer"], "index"),
+        ("cache_prefix_requests", "User requests per cache prefix over the horizon.",
+         ["variant", "prefix"], "prefix"),
+        ("cache_hit_ratio", "Cache hit ratio of user requests over the horizon.",
+         ["variant"], "cache_hit"),
+    ):
+        gauge = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=["rollout", *labels])
+        for rollout, state in states:
+            for key, value in sorted(state.horizon_stats.get(family, {}).items()):
+                gauge.add_metric([rollout, *(k if k != "None" else "" for k in key)], value)
+        yield gauge
+    yield _per_rollout("requests", "User requests (x_warm pings and probes excluded).",
+                       ["variant", "region"], states, lambda s: s.requests)
+    yield _per_rollout("errors", "User requests with status >= 500.", ["variant", "region"],
+                       states, lambda s: s.errors)
+    yield _per_rollout("errors_by_class", "5xx user requests by class (status, failure_phase).",
+                       ["variant", "status", "failure_phase"], states, lambda s: s.classes)
+    yield _per_rollout("x_warm_pings", "Warm-up pings (counted, in no gate).", ["variant", "region"],
+                       states, lambda s: s.x_warm)
+    yield _per_rollout("dropped_events", "Events kept out of the rollout's gates, by reason "
+                       "(dead letters counted in the rollout's windows, x_warm pings, duplicates).",
+                       ["reason"], states, lambda s: {(k,): n for k, n in s.dropped.items()})
+
+
+def _health_families(states: list[tuple[str, RolloutState]], clock: Callable[[], float]) -> Iterator[Metric]:
+    yield _per_rollout("events_processed", "Decoded events processed by the rollout's judge.", [],
+                       states, lambda s: {(): s.events})
+    yield _per_rollout("verdicts", "Verdicts published.", [], states, lambda s: {(): s.verdicts})
+    yield _per_rollout("dedupe_overflow", "Request ids not remembered: limits.dedupe_max_ids reached.",
+                       [], states, lambda s: {(): s.dedupe_overflow})
+    kept = GaugeMetricFamily(f"{PREFIX}_label_values", "Distinct values kept per event-derived label.",
+                             labels=["rollout", "label"])
+    full = GaugeMetricFamily(f"{PREFIX}_label_overflow",
+                             "1 once a label reached limits.max_label_values and folds into 'other'.",
+                             labels=["rollout", "label"])
+    for rollout, state in states:
+        for label, n in sorted(state.labels.items()):
+            kept.add_metric([rollout, label], float(n))
+            full.add_metric([rollout, label], 1.0 if label in state.overflow else 0.0)
+    yield kept
+    yield full
+    yield _per_rollout("label_folded_events",
+                       "Events counted under the label value 'other' because the label was full "
+                       "(limits.max_label_values; question: limits.max_question_ids).",
+                       ["label"], states, lambda s: {(k,): n for k, n in s.folded.items()})
+    marks = [(rollout, state.watermark) for rollout, state in states if state.watermark is not None]
+    if marks:
+        wm = GaugeMetricFamily(f"{PREFIX}_watermark_timestamp_seconds",
+                               "Event-time watermark of the rollout's judge.", labels=["rollout"])
+        lag = GaugeMetricFamily(f"{PREFIX}_event_time_lag_seconds",
+                                "Wall-clock time minus the event-time watermark.", labels=["rollout"])
+        now = clock()
+        for rollout, mark in marks:
+            wm.add_metric([rollout], mark)
+            lag.add_metric([rollout], now - mark)
+        yield wm
+        yield lag
+
+
+def _per_rollout(name: str, doc: str, labels: list[str], states: list[tuple[str, RolloutState]],
+                 values: Callable[[RolloutState], Any]) -> CounterMetricFamily:
+    family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["rollout", *labels])
+    for rollout, state in states:
+        _add_counts(family, values(state).items(), rollout)
+    return family
+
+
 def _counter(name: str, doc: str, labels: list[str], values: Any) -> CounterMetricFamily:
     family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
-    for key, n in sorted(values.items()):
-        family.add_metric([str(k) for k in key], float(n))
+    _add_counts(family, values.items())
     return family
+
+
+def _add_counts(family: CounterMetricFamily, items: Iterable[tuple[Any, int]], *first: str) -> None:
+    for key, n in sorted(items):
+        family.add_metric([*first, *(str(k) for k in key)], float(n))
