@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import gzip
 import json
 import os
@@ -31,7 +30,8 @@ import orjson
 
 from pipeline import config as config_mod
 from pipeline import scenarios
-from pipeline.io.lifecycle import STOP, failure
+from pipeline.io import recovery as recovery_mod
+from pipeline.io.lifecycle import STOP, failure, last_snapshot
 from pipeline.model import format_time
 
 PROG = "canary-gate"
@@ -155,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:  # no command: the help, as a request for it (git, pip, docker do alike)
             parser.print_help()
             return 0
+        if args.command == "run":
+            _catch_signals_early()
         args.argv = list(argv) if argv is not None else sys.argv[1:]
         handler: Callable[[argparse.Namespace], int] = {
             "run": cmd_run,
@@ -264,10 +266,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if total > MAX_WORKERS:
         raise UsageError(f"at most {MAX_WORKERS} workers in total (processes x --workers), got {total}")
+    held: recovery_mod.Lock | None = None
     if args.recovery_dir:
-        _prepare_recovery(Path(args.recovery_dir), cfg, {
-            "rollout": cfg.name, "workers": total, "source": args.source,
-            "verdicts": verdicts, "dead_letters": dead})
+        try:
+            held = recovery_mod.prepare(Path(args.recovery_dir), cfg, {
+                "rollout": cfg.name, "workers": total, "source": args.source,
+                "verdicts": verdicts, "dead_letters": dead}, process_id)
+            if process_id == 0:  # followers share the directory process 0 has just checked
+                for warning in recovery_mod.check(Path(args.recovery_dir), total):
+                    _say(f"warning: {warning}")
+        except recovery_mod.RecoveryError as exc:
+            if held is not None:
+                held.release()
+            raise UsageError(str(exc)) from None
     board_on = args.board == "on" or (args.board == "auto" and interactive and verdicts != "-")
     options = RunOptions(
         verdicts=verdicts, dead=dead, metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
@@ -275,78 +286,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         until_end=args.until_end, starting_offset=args.starting_offset, kafka_config=args.kafka_config,
         addresses=addresses, process_id=process_id, recovery_dir=args.recovery_dir,
         snapshot_interval_s=args.snapshot_interval, broker_timeout_s=args.broker_timeout)
+    if STOP.is_set():
+        _say("stopped before the run started: nothing read")
+        if held is not None:
+            held.release()
+        return 0
     followers = (_start_followers([*args.argv, "--board", "on" if board_on else "off"], addresses)
                  if args.processes > 1 else [])
     try:
         code = run_pipeline(cfg, args.source, options)
     finally:
         code_of_followers = _stop_followers(followers)
+        if held is not None:
+            held.release()
     return code or code_of_followers
-
-
-RECOVERY_FILE = "canary-gate.json"  # what a recovery directory holds state of
-
-
-def _prepare_recovery(path: Path, cfg: config_mod.Config, run: dict[str, Any]) -> None:
-    """Create a recovery directory, or check that this run may resume from it.
-
-    The state in it is partitioned by worker count and tied to the source, the
-    outputs (file outputs are cut back to their snapshot length) and the
-    config's windows and limits; a run that differs in any of them would
-    resume wrongly, so it is refused with the difference named.
-    """
-    source, verdicts, dead = run["source"], run["verdicts"], run["dead_letters"]
-    if source == "-":
-        raise UsageError("--recovery-dir needs a file or Kafka source: stdin cannot be read again")
-    for target, flag in ((verdicts, "--verdicts"), (dead, "--dead-letters")):
-        if target and target.endswith(".gz"):
-            raise UsageError(f"{flag} {target}: a gzip output cannot be cut back to a snapshot; "
-                             "with --recovery-dir write plain JSONL")
-    def file_of(target: str | None) -> str | None:  # only file outputs are cut back on resume
-        return None if not target or target == "-" or target.startswith("kafka://") else str(
-            Path(target).resolve())
-
-    run = {**run, "source": source if source.startswith("kafka://") else str(Path(source).resolve()),
-           "verdicts": file_of(verdicts), "dead_letters": file_of(dead)}
-    expected = {**run, "fixed": {"control": cfg.control, "canary": cfg.canary,
-                                 "windows": dataclasses.asdict(cfg.windows),
-                                 "limits": dataclasses.asdict(cfg.limits)}}
-    marker = path / RECOVERY_FILE
-    if marker.exists():
-        try:
-            found = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--recovery-dir {path}: unreadable {RECOVERY_FILE}: {exc}") from None
-        want, have = _flat(expected), _flat(found)
-        differ = [k for k in want if have.get(k) != want[k]]
-        if differ:
-            was = ", ".join(f"{k} {have.get(k)}" for k in differ)
-            now = ", ".join(f"{k} {want[k]}" for k in differ)
-            raise UsageError(f"--recovery-dir {path} holds a run with {was}; this run has {now}: "
-                             "resume with the same, or use a new directory")
-        return
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise UsageError(f"--recovery-dir {path}: exists and is not a canary-gate recovery directory")
-    from bytewax.recovery import init_db_dir
-
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        init_db_dir(path, run["workers"])  # type: ignore[no-untyped-call]
-    except (OSError, RuntimeError) as exc:
-        raise UsageError(f"--recovery-dir {path}: cannot create: {exc}") from None
-    marker.write_text(json.dumps(expected, indent=2) + "\n", encoding="utf-8")
-
-
-def _flat(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"fixed": {"windows": {"size_s": 60}}} -> {"windows.size_s": 60} (the "fixed" level dropped)."""
-    out: dict[str, Any] = {}
-    for key, value in doc.items():
-        name = f"{prefix}{key}" if key != "fixed" else prefix.rstrip(".")
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{name}." if name else ""))
-        else:
-            out[name] = value
-    return out
 
 
 def _cluster(args: argparse.Namespace) -> tuple[list[str] | None, int]:
@@ -447,7 +400,14 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
     from pipeline.flow import Sinks, StageControl, build_flow
     from pipeline.io import kafka
     from pipeline.io.board import Board, BoardSink
-    from pipeline.io.files import JsonlSink, JsonlSource, dead_letter_line, verdict_line
+    from pipeline.io.files import (
+        JsonlSink,
+        JsonlSource,
+        OutputMismatch,
+        OutputWriteError,
+        dead_letter_line,
+        verdict_line,
+    )
     from pipeline.io.http import serve
     from pipeline.io.metrics import CanaryCollector
     from pipeline.io.observe import ObserveSink
@@ -477,10 +437,10 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
                 out = kafka.parse_url(target, default_topic)
                 kafka.ensure_topic(out, extra,
                                    config=kafka.VERDICT_TOPIC_CONFIG if kind == "verdicts" else None)
-                spill = f"{cfg.name.replace('/', '_')}.undelivered-{kind}.jsonl"
+                spill = _undelivered_file(cfg.name, kind, opts)
                 return kafka.KafkaProducerSink(out, extra, render_message, opts.broker_timeout_s,
                                                render_line=render_line, spill=spill)
-            return JsonlSink(target, render_line)
+            return JsonlSink(target, render_line, flag=f"--{kind}")
 
         tally = Board()
         sinks = Sinks(observers=[ObserveSink(tally.observe)])
@@ -513,23 +473,41 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
         sinks.observers.append(board_sink)
 
     if opts.config_path is not None and hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, _reload_stage(opts.config_path, control))
+        reload = _reload_stage(opts.config_path, control)
+        signal.signal(signal.SIGHUP, reload)
+        if _HUP_EARLY.is_set():  # the file may have changed after it was read at start-up
+            reload(signal.SIGHUP, None)
 
     total = len(opts.addresses or [None]) * opts.workers
 
     def resumed(notes: list[str]) -> None:
         _say(f"resumed from {opts.recovery_dir}" + (f": {'; '.join(notes)}" if notes else ""))
 
+    journal = None
+    if opts.recovery_dir:
+        from pipeline.io.journal import JournalError, VerdictJournal
+
+        try:
+            journal = VerdictJournal(Path(opts.recovery_dir))
+        except JournalError as exc:
+            raise UsageError(f"--recovery-dir {exc}") from None
     flow = build_flow(cfg, src, sinks, partitions=partition_ids, control=control, clock=clock,
-                      health=health, workers=total, on_resume=resumed)
+                      health=health, workers=total, on_resume=resumed, journal=journal)
     recovery = None
     if opts.recovery_dir:
         from bytewax.recovery import RecoveryConfig
 
         recovery = RecoveryConfig(Path(opts.recovery_dir))  # type: ignore[no-untyped-call]
+    if STOP.is_set():  # a stop signal during start-up: nothing read, nothing to save
+        _signal_followers()
+        _say("stopped before the run started: nothing read"
+             + (f"; {opts.recovery_dir} is as the last run left it" if opts.recovery_dir else ""))
+        return 1 if failure() else 0
     started = time.perf_counter()
-    stopped = False
+    stopped = forced = False
     previous = {sig: signal.signal(sig, _stop_gracefully) for sig in (signal.SIGTERM, signal.SIGINT)}
+    watcher = (recovery_mod.watch(Path(opts.recovery_dir), total)
+               if opts.recovery_dir and opts.process_id == 0 else None)
     try:
         with _without_panic_noise():
             cli_main(flow, workers_per_process=opts.workers,  # type: ignore[no-untyped-call]
@@ -539,17 +517,25 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
         stopped = STOP.is_set()
     except KeyboardInterrupt:
         _signal_followers()
-        stopped = True  # a second Ctrl-C / SIGTERM: ended at once, no final snapshot
+        stopped = forced = True  # a second Ctrl-C / SIGTERM: ended at once, no final snapshot
     except Exception as exc:  # the dataflow failed; report it in one line
         if _caused_by_interrupt(exc):
             _signal_followers()
-            stopped = True
+            stopped = forced = True
         else:
             if board_sink is not None:
                 board_sink.stop()
-            _say(f"run failed: {_root_cause(exc)}")
+            root = _root(exc)
+            if isinstance(root, OutputMismatch):  # the files, not the run, need the user: like bad usage
+                _say(f"error: {root}")
+                return 2
+            cause = str(root) if isinstance(root, OutputWriteError) else _root_cause(exc)
+            explained = recovery_mod.explain(cause, opts.recovery_dir) if opts.recovery_dir else None
+            _say(f"run failed: {explained or cause}")
             return 1
     finally:
+        if watcher is not None:
+            watcher.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         for timer in _TIMERS:
@@ -570,18 +556,54 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
         + (f", last {last.decision} at {last.to_record()['window_end']}" if last else "")
         + f"; {dead_total} dead letters" + (f" ({dead_note}) -> {opts.dead}" if dead_total else "")
         + ("" if opts.verdicts else "; verdicts were only shown (pass --verdicts PATH to keep them)")
-        + (f"; open windows wait in {opts.recovery_dir}" if stopped and opts.recovery_dir and not reason
-           else "")
+        + _what_was_saved(opts.recovery_dir, stopped, forced)
     )
     if reason:
         _say(f"run failed: {reason}")
         return 1
-    return 0
+    return 130 if forced else 0
 
 
-# What Bytewax's Rust side prints when a Python exception ends the dataflow; the
-# exception itself is reported in one line after the run.
-_PANIC_NOISE = re.compile(rb"^(thread '.*' panicked at |Box<dyn Any>|note: run with `RUST_BACKTRACE)")
+def _what_was_saved(recovery_dir: str | None, stopped: bool, forced: bool) -> str:
+    """The summary's last clause: where a stopped run's open windows are, truthfully."""
+    last = last_snapshot()
+    if forced and recovery_dir:
+        if last is None:
+            return f"; stopped at once before any snapshot: the next run with {recovery_dir} starts afresh"
+        return (f"; stopped at once without a final snapshot: the next run with {recovery_dir} resumes "
+                f"from the snapshot of {format_time(last)}")
+    if forced:
+        return "; stopped at once: open windows were not judged"
+    if stopped and recovery_dir:
+        if last is None:
+            return f"; no snapshot was taken: the next run with {recovery_dir} starts afresh"
+        return f"; open windows wait in {recovery_dir} (snapshot of {format_time(last)})"
+    return ""
+
+
+def _undelivered_file(rollout: str, kind: str, opts: RunOptions) -> str:
+    """Where a Kafka output saves what the broker never took.
+
+    In the recovery directory when there is one (it is the run's own
+    storage), else beside the run's file output, else in the working
+    directory; a failure to write it is reported with the delivery error.
+    """
+    name = f"{rollout.replace('/', '_')}.undelivered-{kind}.jsonl"
+    if opts.recovery_dir:
+        return str(Path(opts.recovery_dir) / name)
+    for target in (opts.verdicts, opts.dead):
+        if target and target != "-" and not target.startswith("kafka://"):
+            return str(Path(target).parent / name)
+    return name
+
+
+# What Bytewax's Rust side prints when a Python exception or a failed recovery-database
+# call ends the dataflow: a "panicked at" line, the panic's message (which may run over
+# several lines), then the RUST_BACKTRACE note.  The cause is reported in one line after
+# the run.
+_PANIC_START = re.compile(rb"^thread '.*' panicked at ")
+_PANIC_END = re.compile(rb"^note: run with `RUST_BACKTRACE")
+_PANIC_MAX_LINES = 40  # a panic with no closing note stops hiding lines after this many
 
 
 @contextlib.contextmanager
@@ -598,9 +620,14 @@ def _without_panic_noise() -> Iterator[None]:
     os.close(write_end)
 
     def forward() -> None:
+        hiding = 0  # lines left to hide of the panic being printed
         with os.fdopen(read_end, "rb") as lines:
             for line in lines:
-                if not _PANIC_NOISE.match(line):
+                if _PANIC_START.match(line):
+                    hiding = _PANIC_MAX_LINES
+                elif hiding:
+                    hiding = 0 if _PANIC_END.match(line) else hiding - 1
+                elif not line.startswith(b"Box<dyn Any>"):
                     os.write(saved, line)
 
     pump = threading.Thread(target=forward, name="canary-gate-stderr", daemon=True)
@@ -614,12 +641,33 @@ def _without_panic_noise() -> Iterator[None]:
         os.close(saved)
 
 
+_HUP_EARLY = threading.Event()  # a SIGHUP came before the run could apply one
+
+
+def _catch_signals_early() -> None:
+    """Own SIGTERM, SIGINT and SIGHUP from the start of `run`, before anything slow.
+
+    Importing Bytewax, reaching a broker and opening the recovery directory
+    take a while; a stop or reload signal in that time must not kill the
+    process with the default action.  A stop is remembered (the run then
+    ends before it starts, exit 0) and a reload is applied once the run's
+    stage control exists.
+    """
+    signal.signal(signal.SIGTERM, _stop_gracefully)
+    signal.signal(signal.SIGINT, _stop_gracefully)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda signum, frame: _HUP_EARLY.set())
+
+
 def _reload_stage(path: str, control: Any) -> Callable[[int, FrameType | None], None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         try:
             new = config_mod.load(path)
         except config_mod.ConfigError as exc:
             _say(f"SIGHUP: config not reloaded: {exc}")
+            return
+        except Exception as exc:  # a reload must never end a live run
+            _say(f"SIGHUP: config not reloaded: {type(exc).__name__}: {exc}")
             return
         if new.stage != control.stage:
             _say(f"SIGHUP: stage {control.stage} -> {new.stage} (promotion clock restarts; "
@@ -678,9 +726,15 @@ def _caused_by_interrupt(exc: BaseException) -> bool:
     return False
 
 
-def _root_cause(exc: BaseException) -> str:
+def _root(exc: BaseException) -> BaseException:
+    """The first exception of a chain (what Bytewax wrapped)."""
     while exc.__cause__ is not None or exc.__context__ is not None:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return exc
+
+
+def _root_cause(exc: BaseException) -> str:
+    exc = _root(exc)
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[-1] if text else ''}"
 
@@ -833,17 +887,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     if args.batch_rows < 1:
         raise UsageError(f"--batch-rows must be >= 1, got {args.batch_rows}")
-    base_text = Path(args.config).read_text(encoding="utf-8")
+    base_text = config_mod.read_text(args.config)
     what_ifs = []
     for path in args.thresholds:
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--thresholds {path}: cannot read: {exc.strerror or exc}") from None
-        try:
-            what_ifs.append((path, replay.what_if_config(base_text, text)))
-        except config_mod.ConfigError as exc:
-            raise UsageError(f"--thresholds {path}: {exc}") from None
+            what_ifs.append((path, replay.what_if_config(base_text, config_mod.read_text(path))))
+        except config_mod.ConfigError as exc:  # names the file itself when it could not be read
+            raise UsageError(f"--thresholds {exc if exc.key == path else f'{path}: {exc}'}") from None
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir}: not a directory")
@@ -898,8 +948,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def entry() -> None:
-    """Console-script wrapper."""
-    sys.exit(main())
+    """Console-script wrapper.
+
+    Once the command is done, stop signals are ignored: the interpreter's
+    shutdown puts back the default actions of Python-level handlers, and a
+    SIGTERM in that last moment would turn a finished run's exit 0 into 143.
+    """
+    code = main()
+    for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

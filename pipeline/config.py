@@ -127,11 +127,21 @@ class Config:
 
 def load(path: str | Path) -> Config:
     """Read and validate a TOML rollout config file."""
+    return parse(read_text(path))
+
+
+def read_text(path: str | Path) -> str:
+    """A config file's text; ConfigError (one line, naming the file) if unreadable or not UTF-8."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read config: {exc.strerror or exc}") from None
-    return parse(text)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(str(path), f"not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line} "
+                                     "(save the file as UTF-8)") from None
 
 
 def parse(text: str) -> Config:

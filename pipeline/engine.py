@@ -39,6 +39,7 @@ from pipeline.model import (
     DecodeError,
     Event,
     Verdict,
+    format_time,
 )
 from pipeline.partial import Partial
 from pipeline.stats import PHASES, ClosedWindow, LabelCaps, WindowStats
@@ -138,6 +139,13 @@ class Engine:
     # When a list: every closed window with its sticky context, in order, for re-judging
     # the same aggregates under other thresholds (replay --thresholds).
     kept: list[tuple[int, ClosedWindow, Context]] | None = None
+    # When a list: (window end, config) of every window judged since the caller last emptied
+    # it, for the journal of what was emitted (pipeline/io/journal.py).
+    judged: list[tuple[float, Config]] | None = None
+    # Windows a previous run judged and emitted after this engine's snapshot: (window end,
+    # config it was judged under), in order.  They are judged again under that config, so a
+    # re-emitted verdict is the same whatever the resumed run's config says.
+    replaying: list[tuple[float, Config]] | None = None
 
     def __init__(self, cfg: Config, partitions: Iterable[str] = ("0",)) -> None:
         self.cfg = cfg
@@ -217,7 +225,7 @@ class Engine:
                 out.append(self._dead(
                     item.raw, DeadLetterReason.FUTURE,
                     f"ts {ts:.3f} is more than {max_future} s ahead of the largest event time "
-                    f"seen ({top:.3f})", item.variant, source=locate(i) if locate else None,
+                    "seen", item.variant, source=locate(i) if locate else None,
                     partition=partition, ts=ts))
                 continue
             if now is not None and ts > now + max_future:
@@ -234,13 +242,13 @@ class Engine:
                 out.append(self._dead(
                     item.raw, DeadLetterReason.LATE,
                     f"ts {ts:.3f} is too far behind the event times seen to judge "
-                    f"(before {self._stale_before(partition):.3f}, watermark not yet known)",
+                    "(watermark not yet known)",
                     item.variant, source=locate(i) if locate else None, partition=partition, ts=ts))
                 continue
             if (wid + 1) * size <= self.watermark:
                 out.append(self._dead(
                     item.raw, DeadLetterReason.LATE,
-                    f"window ending {(wid + 1) * size} already closed (watermark {self.watermark:.3f})",
+                    f"window ending {(wid + 1) * size} already closed",
                     item.variant, source=locate(i) if locate else None, partition=partition, ts=ts))
                 continue
             batch = pending.get(wid)
@@ -471,14 +479,25 @@ class Engine:
         last = int(self.max_seen // self.size)
         return self._close_through((last + 1) * self.size)
 
-    def reconfigure(self, cfg: Config, partitions: Iterable[str] = ()) -> list[str]:
+    def closed_through(self) -> float | None:
+        """The end of the last window closed (judged), or None before the first."""
+        return None if self.next_close is None else float(self.next_close * self.size)
+
+    def reconfigure(self, cfg: Config, partitions: Iterable[str] = (),
+                    emitted: Iterable[tuple[float, Config]] = ()) -> list[str]:
         """Adopt the config of a run resumed from this engine's snapshot; what changed, in words.
 
         The stage, thresholds, promotion and variant specs may change between
         runs (a stage change restarts the promotion clock, as on SIGHUP); the
         rollout's names, windows and limits shape the state itself and may not.
+        `emitted` is what earlier runs judged, window by window (end, config):
+        the windows among them that this snapshot has not seen close were
+        already published, so they are judged again under their own config and
+        the new one applies from the first window not yet emitted.
         """
-        old = self.cfg
+        done = self.closed_through()
+        self.replaying = [(end, c) for end, c in emitted if done is None or end > done] or None
+        old = self.replaying[-1][1] if self.replaying else self.cfg
         fixed = [key for key, a, b in (
             ("rollout.name", old.name, cfg.name), ("rollout.control", old.control, cfg.control),
             ("rollout.canary", old.canary, cfg.canary), ("windows", old.windows, cfg.windows),
@@ -487,13 +506,19 @@ class Engine:
             raise ValueError(f"the snapshot was taken under other {', '.join(fixed)}; "
                              "they cannot change on resume (use a new recovery directory)")
         notes = []
+        since = (f" from the window ending {format_time(self.replaying[-1][0] + self.size)}"
+                 if self.replaying else "")
         if cfg.stage != old.stage:
             notes.append(f"stage {old.stage} -> {cfg.stage} (promotion clock restarts; "
-                         "evidence and any latched stop start afresh)")
+                         f"evidence and any latched stop start afresh){since}")
         changed = [k for k in ("thresholds", "variants", "sustain_s")
                    if getattr(cfg, k) != getattr(old, k)]
         if changed:
-            notes.append(f"new {', '.join(changed)} apply from the next verdict")
+            notes.append(f"new {', '.join(changed)} apply" + (since or " from the next verdict"))
+        if self.replaying:
+            first, last = self.replaying[0][0], self.replaying[-1][0]
+            notes.append(f"{len(self.replaying)} verdicts emitted after the snapshot (windows ending "
+                         f"{format_time(first)}..{format_time(last)}) are made again as first emitted")
         self.cfg = cfg
         self.partitions.update(partitions)  # a partition added to the topic since holds the clock too
         self.down.clear()  # what the source reports after the restart counts
@@ -579,7 +604,10 @@ class Engine:
         ctx = Context(tuple(both[:10]), len(both), self.sticky.untracked)
         if self.kept is not None:
             self.kept.append((wid, closed, ctx))
-        verdict = self.judgement.verdict(self.cfg, wid, closed, self.horizon, ctx)
+        cfg = self._config_of(wid)
+        verdict = self.judgement.verdict(cfg, wid, closed, self.horizon, ctx)
+        if self.judged is not None:
+            self.judged.append((verdict.window_end, cfg))
         decision = verdict.decision
         self.totals["verdicts"] += 1
         self.totals[f"decision_{decision}"] += 1
@@ -592,6 +620,19 @@ class Engine:
             totals={**self.totals, **{f"labels_{k}": len(v) for k, v in self.caps.kinds.items()},
                     **{f"overflow_{k}": 1 for k in self.caps.folded}},
         )
+
+    def _config_of(self, wid: int) -> Config:
+        """The config window `wid` is judged under: its first emission's when it is re-made."""
+        if self.replaying:
+            end = float((wid + 1) * self.size)
+            while self.replaying and self.replaying[0][0] < end:
+                self.replaying.pop(0)
+            if self.replaying and self.replaying[0][0] == end:
+                cfg = self.replaying.pop(0)[1]
+                if not self.replaying:
+                    self.replaying = None
+                return cfg
+        return self.cfg
 
     def _horizon_stats(self) -> dict[str, dict[tuple[str, ...], float]]:
         """RAG-quality medians, index and cache observations over the horizon, for dashboards.

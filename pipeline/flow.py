@@ -26,8 +26,9 @@ from pipeline.codec import decode_batch
 from pipeline.config import Config
 from pipeline.engine import Engine, Output, Report
 from pipeline.io.chunk import Chunk
+from pipeline.io.journal import VerdictJournal
 from pipeline.io.kafka import SourceHealth
-from pipeline.io.lifecycle import STOP, failpoint
+from pipeline.io.lifecycle import STOP, failpoint, snapshot_taken
 from pipeline.model import DeadLetter, DecodeError, Event
 from pipeline.partial import Partial, summarize
 
@@ -87,11 +88,23 @@ class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
     """Feeds decoded chunks to the Engine; closes every window at end of input."""
 
     def __init__(self, engine: Engine, control: StageControl | None,
-                 clock: Callable[[], float] | None, health: SourceHealth | None) -> None:
+                 clock: Callable[[], float] | None, health: SourceHealth | None,
+                 journal: VerdictJournal | None = None) -> None:
         self.engine = engine
         self.control = control
         self.clock = clock  # set only for live sources: wall time drives the idle rule
         self.health = health
+        self.journal = journal
+        if journal is not None:
+            engine.judged = []
+
+    def _journaled(self, out: list[Output]) -> list[Output]:
+        """Record the windows just judged in the journal, before their verdicts leave."""
+        judged = self.engine.judged
+        if judged and self.journal is not None:
+            self.journal.append(judged)
+            judged.clear()
+        return out
 
     def on_item(self, value: Decoded) -> tuple[Iterable[Output], bool]:
         if self.control is not None and self.control.stage != self.engine.cfg.stage:
@@ -113,6 +126,7 @@ class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
             _keep_origin(out, chunk)
         if chunk.last:
             out.extend(self.engine.end_partition(chunk.partition))
+        self._journaled(out)
         if any(type(x) is Report for x in out):
             failpoint("window_close")  # crash tests: a window closed, its verdict not yet out
         return out, False
@@ -120,7 +134,7 @@ class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
     def on_eof(self) -> tuple[Iterable[Output], bool]:
         if STOP.is_set():
             return [], False  # a stop, not the end: open windows wait in the snapshot
-        return self.engine.close(), False
+        return self._journaled(self.engine.close()), False
 
     def notify_at(self) -> datetime | None:
         if self.clock is None:
@@ -129,10 +143,13 @@ class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
 
     def on_notify(self) -> tuple[Iterable[Output], bool]:
         assert self.clock is not None
-        return self.engine.tick(self.clock()), False
+        return self._journaled(self.engine.tick(self.clock())), False
 
     def snapshot(self) -> Engine:
         failpoint("snapshot")
+        snapshot_taken()
+        if self.journal is not None:
+            self.journal.snapshot(self.engine.closed_through())
         return self.engine
 
 
@@ -152,12 +169,15 @@ def _keep_origin(out: list[Output], chunk: Chunk) -> None:
 def build_flow(cfg: Config, source: Source[Chunk], sinks: Sinks, *,
                partitions: Iterable[str] = ("0",), control: StageControl | None = None,
                clock: Callable[[], float] | None = None, health: SourceHealth | None = None,
-               workers: int = 1, on_resume: Callable[[list[str]], None] | None = None) -> Dataflow:
+               workers: int = 1, on_resume: Callable[[list[str]], None] | None = None,
+               journal: VerdictJournal | None = None) -> Dataflow:
     """The canary-gate dataflow over any chunk source and any sinks.
 
     `workers` is the total over all processes: the judge is placed on worker 0.
     When the judge resumes from a recovery snapshot, its engine adopts `cfg`'s
-    stage and thresholds and `on_resume` hears what changed.
+    stage and thresholds and `on_resume` hears what changed.  With a
+    `journal` (recovery runs), windows an earlier run emitted after that
+    snapshot are made again under the config they were first judged under.
     """
     if not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"workers must be 1..{MAX_WORKERS} in total, got {workers}")
@@ -176,13 +196,16 @@ def build_flow(cfg: Config, source: Source[Chunk], sinks: Sinks, *,
         return Decoded(None, partial, chunk, max_bytes)
 
     def build(resume: Engine | None) -> _JudgeLogic:
-        if resume is None:
-            return _JudgeLogic(Engine(cfg, parts), control, clock, health)
-        stage = control.stage if control is not None else cfg.stage
-        notes = resume.reconfigure(cfg.with_stage(stage), parts)
-        if on_resume is not None:
-            on_resume(notes)
-        return _JudgeLogic(resume, control, clock, health)
+        engine = resume if resume is not None else Engine(cfg, parts)
+        emitted = journal.emitted_after(engine.closed_through(), size) if journal is not None else []
+        if resume is not None or emitted:
+            stage = control.stage if control is not None else cfg.stage
+            notes = engine.reconfigure(cfg.with_stage(stage), parts, emitted)
+            if resume is None:
+                notes.insert(0, "no snapshot yet: reading from the start")
+            if on_resume is not None:
+                on_resume(notes)
+        return _JudgeLogic(engine, control, clock, health, journal)
 
     flow = Dataflow("canary_gate")
     chunks = op.input("source", flow, source)

@@ -176,7 +176,7 @@ def test_runtime_failure_is_one_line_exit_1() -> None:
                "--verdicts", "/dev/full")
     assert res.returncode == 1
     err = res.stderr.decode().strip().splitlines()
-    assert err == ["canary-gate: run failed: OSError: [Errno 28] No space left on device"]
+    assert err == ["canary-gate: run failed: --verdicts /dev/full: No space left on device"]
 
 
 def test_unwritable_outputs_and_bad_gzip_exit_2(tmp_path: Path, config_file: Path) -> None:

@@ -2,7 +2,7 @@
 
 Crash points are exact: CANARY_GATE_FAILPOINT=NAME:N makes the run SIGKILL
 itself the N-th time it passes NAME (pipeline/io/lifecycle.py); one more crash
-comes from outside, with kill -9 at a wall-clock moment.
+comes from outside, with kill -9 while the run is paused at NAME:N:pause.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from conftest import ROOT, make_event, running_broker
 
 from pipeline import scenarios
+from pipeline.io import lifecycle
 
 SCENARIO = "schema_violations"  # verdicts that stop, dead letters of several reasons
 
@@ -118,8 +119,8 @@ def _config(tmp_path: Path, stage: str | None = None) -> Path:
 
 # -- 1. kill -9 at five points, resume, compare --------------------------------------
 
-POINTS = [  # each run resumes from the one before; ordered so that each is reached with input left
-    "snapshot:3",  # while a snapshot is being taken (first: it needs the most input, ~0.3 s of work)
+POINTS = [  # each run resumes from the one before; every point is reached whatever the timing
+    "snapshot:3",  # while a snapshot is being taken (this run snapshots every 0.02 s)
     "chunk:2",  # early: before this run's first snapshot
     "chunk:15",  # mid-window (a window is about 8 chunks of 100)
     "window_close:2",  # right after a window closed, before its verdict is out
@@ -127,39 +128,59 @@ POINTS = [  # each run resumes from the one before; ordered so that each is reac
 ]
 
 
+def _paused(proc: subprocess.Popen[str], point: str, timeout: float = 120) -> None:
+    """Wait until the run stops at failpoint `point` (NAME:N:pause) and says so on stderr."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            raise AssertionError(f"the run ended (exit {proc.wait()}) before {point}: {''.join(seen)}")
+        seen.append(line)
+        if f"failpoint {point}: paused" in line:
+            return
+    raise AssertionError(f"{point} not reached in {timeout} s: {''.join(seen)}")
+
+
 def test_kill_9_at_six_points_resumes_without_loss_or_double_counting(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     lines = list(scenarios.generate(SCENARIO, 3, 160))  # ~120k events: each crash run has input left
     topic = _topic(kafka_bootstrap, 2)
-    first_part = len(lines) // 8
-    _produce(kafka_bootstrap, topic, lines[:first_part], 2)
+    _produce(kafka_bootstrap, topic, lines, 2)
     config = _config(tmp_path)
     source = f"kafka://{kafka_bootstrap}/{topic}"
 
-    def run(tag: str, recovery: Path | None, env: dict[str, str] | None = None,
-            live: bool = False) -> Any:
-        args = ["run", "--config", str(config), "--source", source,
-                "--verdicts", f"kafka://{kafka_bootstrap}/v-{tag}",
-                "--dead-letters", str(tmp_path / f"{tag}.dl"),
-                "--batch-size", "100"]
+    def args(tag: str, recovery: Path | None, interval: str = "0.1") -> list[str]:
+        out = ["run", "--config", str(config), "--source", source,
+               "--verdicts", f"kafka://{kafka_bootstrap}/v-{tag}",
+               "--dead-letters", str(tmp_path / f"{tag}.dl"), "--batch-size", "100", "--until-end"]
         if recovery is not None:
-            args += ["--recovery-dir", str(recovery), "--snapshot-interval", "0.1"]
-        return _popen(*args) if live else _cli(*args, "--until-end", env=env)
+            out += ["--recovery-dir", str(recovery), "--snapshot-interval", interval]
+        return out
 
-    # The first crash comes from outside, with kill -9 once verdicts flow.  That run is live over the
-    # first part of the topic: it waits for more input instead of finishing, so the kill always
-    # lands mid-run, and the rest of the topic is there for the runs after it.
+    def run(tag: str, recovery: Path | None, env: dict[str, str] | None = None,
+            interval: str = "0.1") -> Any:
+        return _cli(*args(tag, recovery, interval), env=env)
+
+    # The first crash comes from outside: the run pauses at its second verdict write (produced,
+    # not yet confirmed), and the test kills it there with kill -9.
     recovery = tmp_path / "recovery"
-    proc = run("crash", recovery, live=True)
-    deadline = time.monotonic() + 60
-    while len(_records(kafka_bootstrap, "v-crash")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the live run ended before the outside kill"
-    proc.kill()
-    assert proc.wait(timeout=30) == -signal.SIGKILL
-    _produce(kafka_bootstrap, topic, lines[first_part:], 2)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args("crash", recovery)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CANARY_GATE_FAILPOINT": "verdict_write:2:pause"})
+    try:
+        _paused(proc, "verdict_write:2")
+        proc.kill()
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.stderr is not None:
+            proc.stderr.close()
     for point in POINTS:
-        res = run("crash", recovery, env={"CANARY_GATE_FAILPOINT": point})
+        res = run("crash", recovery, env={"CANARY_GATE_FAILPOINT": point},
+                  interval="0.02" if point.startswith("snapshot") else "0.1")
         assert res.returncode == -signal.SIGKILL, f"{point} not reached: {res.stderr}"
         assert f"failpoint {point}" in res.stderr
 
@@ -343,10 +364,48 @@ def test_undelivered_outputs_are_saved_and_named(tmp_path: Path, monkeypatch: py
     url = kio.KafkaUrl(f"127.0.0.1:{free_port()}", "canary.verdicts")  # nothing listens there
     sink = kio.KafkaProducerSink(url, {}, kio.render_verdict(cfg.name), 2.0, render_line=verdict_line,
                                  spill="undelivered.jsonl")
-    with pytest.raises(RuntimeError, match=r"undelivered saved to undelivered\.jsonl"):
-        sink.send([("k", r) for r in reports])
+    try:
+        sink.send([("k", r) for r in reports[:2]])  # fails the run (as on SIGTERM), saying where
+        assert lifecycle.STOP.is_set()
+        assert re.fullmatch(r"delivery to Kafka topic 'canary\.verdicts' failed: .+; 2 undelivered saved to "
+                            r"undelivered\.jsonl", lifecycle.failure() or ""), lifecycle.failure()
+        started = time.monotonic()
+        sink.send([("k", r) for r in reports[2:]])  # the broker is known gone: saved at once
+        assert time.monotonic() - started < 1
+        assert (lifecycle.failure() or "").endswith("; 2 undelivered saved to undelivered.jsonl")
+    finally:
+        lifecycle.reset()
     saved = [json.loads(x) for x in (tmp_path / "undelivered.jsonl").read_text().splitlines()]
     assert saved == [r.verdict.to_record() for r in reports]
+    # a file that cannot be written: both errors are raised, nothing is said to be saved
+    blocked = kio.KafkaProducerSink(url, {}, kio.render_verdict(cfg.name), 1.0, render_line=verdict_line,
+                                    spill=str(tmp_path / "no-such-dir" / "u.jsonl"))
+    with pytest.raises(RuntimeError, match=r"failed: .+; and 1 undelivered could not be saved to "
+                                           r"\S+u\.jsonl: No such file or directory"):
+        blocked.send([("k", reports[0])])
+    assert not lifecycle.STOP.is_set()
+
+
+def test_undelivered_dead_letters_keep_their_kafka_key_and_headers(tmp_path: Path) -> None:
+    from conftest import free_port
+
+    from pipeline.io import kafka as kio
+    from pipeline.io.files import dead_letter_line
+    from pipeline.model import DeadLetter, DeadLetterReason
+
+    dead = DeadLetter(b"{oops", DeadLetterReason.INVALID_JSON, "not JSON", None, "telemetry/0@7",
+                      key=b"\xffkey", timestamp_ms=1_700_000_000_000, headers=(("trace", b"abc"),))
+    url = kio.KafkaUrl(f"127.0.0.1:{free_port()}", "canary.dead-letters")
+    sink = kio.KafkaProducerSink(url, {}, kio.render_dead_letter, 1.0, render_line=dead_letter_line,
+                                 spill=str(tmp_path / "u.jsonl"))
+    try:
+        sink.send([dead])
+    finally:
+        lifecycle.reset()
+    (saved,) = [json.loads(x) for x in (tmp_path / "u.jsonl").read_text().splitlines()]
+    assert saved["line"] == "{oops" and saved["reason"] == "invalid_json"
+    assert saved["kafka"] == {"key": {"base64": "/2tleQ=="}, "timestamp_ms": 1_700_000_000_000,
+                              "headers": [["trace", "abc"]]}
 
 
 # -- 4. recovery directory checks and a stage changed between runs ---------------------------
@@ -383,6 +442,40 @@ def test_a_stage_changed_between_runs_applies_and_restarts_the_promotion_clock(t
             gap = _epoch(r["window_end"]) - _epoch(changed_at) + 60
             assert gap >= sustain, r
     assert "promote" in {r["decision"] for r in records[:k]}, "the healthy run promoted before the change"
+
+
+@pytest.mark.parametrize("change", ["stage", "sustain_s"])
+def test_verdicts_re_emitted_after_a_crash_are_identical_whatever_the_new_config(
+        tmp_path: Path, change: str) -> None:
+    """Windows emitted after the last snapshot are made again under their first config (issue 15)."""
+    first = _file_run(tmp_path, _config(tmp_path, "10%"), env={"CANARY_GATE_FAILPOINT": "window_close:25"})
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    seen = [json.loads(x) for x in (tmp_path / "v.jsonl").read_text().splitlines()]  # what readers got
+    if change == "stage":
+        config = _config(tmp_path, "25%")
+    else:  # a promotion clock a day long: no promote after the change
+        config = tmp_path / "slow.toml"
+        config.write_text(re.sub(r"sustain_s\s*=\s*\d+", "sustain_s = 86400",
+                                 _config(tmp_path, "10%").read_text()))
+    res = _file_run(tmp_path, config)
+    assert res.returncode == 0, res.stderr
+    m = re.search(r"(\d+) verdicts emitted after the snapshot \(windows ending (\S+)\.\.(\S+)\) are made "
+                  r"again as first emitted", res.stderr)
+    assert m and int(m.group(1)) >= 1, res.stderr
+    records = [json.loads(x) for x in (tmp_path / "v.jsonl").read_text().splitlines()]
+    assert records[: len(seen)] == seen, "a verdict emitted before the crash changed when made again"
+    # the journal may hold one window more than readers saw (judged; killed before it was written)
+    assert seen[-1]["window_end"] <= m.group(3)
+    after = [r for r in records if r["window_end"] > m.group(3)]
+    assert after, "nothing judged after the crash"
+    if change == "stage":
+        assert {r["stage"] for r in seen} == {"10%"} and {r["stage"] for r in after} == {"25%"}
+        assert f"stage 10% -> 25% (promotion clock restarts; evidence and any latched stop start afresh) " \
+               f"from the window ending {after[0]['window_end']}" in res.stderr, res.stderr
+    else:
+        assert f"new sustain_s apply from the window ending {after[0]['window_end']}" in res.stderr
+        assert "promote" in {r["decision"] for r in seen}
+        assert "promote" not in {r["decision"] for r in after}
 
 
 def _epoch(text: str) -> float:

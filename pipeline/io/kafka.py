@@ -13,8 +13,10 @@ fails the run, so nothing is lost silently.
 
 from __future__ import annotations
 
+import base64
 import bisect
 import logging
+import os
 import re
 import sys
 import threading
@@ -414,8 +416,13 @@ class KafkaProducerSink(DynamicSink[Any]):
 
     An unreachable broker is waited for up to `flush_timeout_s` (librdkafka
     retries meanwhile).  Past it, the items not delivered are appended to
-    `spill` as JSONL lines (`render_line`), so nothing is lost, and the run
-    fails naming that file.
+    `spill` as JSONL lines (`render_line`, plus the Kafka key, headers and
+    timestamp of a dead letter read from Kafka), so nothing is lost, and the
+    run stops as on SIGTERM (inputs end, final snapshot, summary) and exits 1
+    naming that file.  Items that reach the sink after that go straight to
+    the file.  If the file cannot be written either, both errors are raised:
+    the run then ends without a snapshot covering those items, so a resumed
+    run makes them again.
     """
 
     def __init__(self, url: KafkaUrl, extra: dict[str, str],
@@ -430,11 +437,17 @@ class KafkaProducerSink(DynamicSink[Any]):
         self.producer = Producer({**client_config(url, extra), "enable.idempotence": "true",
                                   "message.timeout.ms": max(1000, int(flush_timeout_s * 1000))})
         self.failures: list[str] = []
+        self.broken: str | None = None  # why delivery failed; later items are spilled at once
+        self.spilled = 0
         self.lock = threading.Lock()
 
     def send(self, items: list[Any]) -> None:
-        """Produce and flush; raise if anything was not delivered."""
+        """Produce and flush; on failure save what was not delivered and fail the run."""
         with self.lock:
+            values = [item[1] if isinstance(item, tuple) else item for item in items]
+            if self.broken is not None:
+                self._give_up(values, list(range(len(values))), self.broken)
+                return
             failed: list[int] = []
 
             def delivered_as(i: int) -> Callable[[Any, Any], None]:
@@ -445,7 +458,6 @@ class KafkaProducerSink(DynamicSink[Any]):
 
                 return delivered
 
-            values = [item[1] if isinstance(item, tuple) else item for item in items]
             for i, value in enumerate(values):
                 key, payload, headers, stamp = self.render(value)
                 while True:
@@ -460,20 +472,47 @@ class KafkaProducerSink(DynamicSink[Any]):
             left = self.producer.flush(self.flush_timeout_s)
             if left or failed:
                 reason = self.failures[-1] if self.failures else f"{left} messages still queued"
-                raise RuntimeError(f"delivery to Kafka topic {self.url.topic!r} failed: {reason}"
-                                   + self._spill(values, failed, left))
+                self.broken = f"delivery to Kafka topic {self.url.topic!r} failed: {reason}"
+                lost = sorted(set(failed)) if not left else list(range(len(values)))  # unknown which: all
+                self._give_up(values, lost, self.broken)
 
-    def _spill(self, values: list[Any], failed: list[int], left: int) -> str:
-        """Save what was not delivered; the clause naming the file, for the error."""
+    def _give_up(self, values: list[Any], lost: list[int], reason: str) -> None:
+        """Save the undelivered items and fail the run saying where they are (raise if they cannot be)."""
         if self.spill is None or self.render_line is None:
-            return ""
-        lost = sorted(set(failed)) if not left else list(range(len(values)))  # unknown which: all
-        with open(self.spill, "ab") as f:
-            f.write(b"".join(self.render_line(values[i]) for i in lost))
-        return f"; {len(lost)} undelivered saved to {self.spill}"
+            raise RuntimeError(reason)
+        try:
+            with open(self.spill, "ab") as f:
+                f.write(b"".join(self._spill_line(values[i]) for i in lost))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise RuntimeError(f"{reason}; and {len(lost)} undelivered could not be saved to "
+                               f"{self.spill}: {exc.strerror or exc}") from None
+        self.spilled += len(lost)
+        fail(f"{reason}; {self.spilled} undelivered saved to {self.spill}")
+
+    def _spill_line(self, value: Any) -> bytes:
+        assert self.render_line is not None
+        line = self.render_line(value)
+        if type(value) is DeadLetter and (value.key is not None or value.headers or value.timestamp_ms):
+            record = orjson.loads(line)
+            record["kafka"] = {"key": _readable(value.key), "timestamp_ms": value.timestamp_ms,
+                               "headers": [[k, _readable(v)] for k, v in value.headers]}
+            line = orjson.dumps(record) + b"\n"
+        return line
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPartition:
         return _ProducerPartition(self)
+
+
+def _readable(raw: bytes | str | None) -> Any:
+    """Key or header bytes as text when they are UTF-8, else {"base64": ...}."""
+    if raw is None or isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(raw).decode()}
 
 
 def verdict_message(record: dict[str, Any]) -> Message:
