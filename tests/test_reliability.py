@@ -613,3 +613,35 @@ def test_hostile_messages_through_the_broker_are_dead_lettered_and_change_no_ver
         assert headers["detail"] and headers["source_topic"] == dirty.encode()
         if headers["reason"] == b"too_large":  # cut to fit the broker, its size kept
             assert int(headers["truncated_from"]) > 1_500_000 and len(m.value()) < 1_000_000
+
+
+def test_a_second_run_on_a_recovery_dir_in_use_exits_2_naming_the_holder(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join(scenarios.generate("healthy", 7, 40)) + b"\n")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config), "--source", str(source),
+         "--verdicts", str(tmp_path / "v.jsonl"), "--dead-letters", str(tmp_path / "dl.jsonl"),
+         "--recovery-dir", str(tmp_path / "rec")],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "CANARY_GATE_FAILPOINT": "chunk:1:pause"})
+    try:
+        assert first.stderr is not None
+        for line in first.stderr:  # the first run holds the directory, paused mid-run
+            if "failpoint chunk:1: paused" in line:
+                break
+        second = _file_run(tmp_path, _config(tmp_path, "25%"))
+        assert second.returncode == 2, second.stderr
+        rec = re.escape(str(tmp_path / "rec"))
+        assert re.fullmatch(rf"canary-gate: error: --recovery-dir {rec} is in use "
+                            rf"by another canary-gate run \(pid {first.pid}, started \S+\): stop it, or use "
+                            r"another directory\n", second.stderr), second.stderr
+        assert not (tmp_path / "v.jsonl").exists() or "25%" not in (tmp_path / "v.jsonl").read_text()
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+        if first.stderr is not None:
+            first.stderr.close()
+    # once the holder is gone (killed: the kernel drops its lock), the directory is free again
+    res = _file_run(tmp_path, config)
+    assert res.returncode == 0, res.stderr
