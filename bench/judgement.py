@@ -52,10 +52,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from pipeline import config as config_mod  # noqa: E402
+from pipeline.aggregate.partial import summarize  # noqa: E402
 from pipeline.engine import Engine, Report  # noqa: E402
 from pipeline.model import Decision, Event, GateStatus, Verdict  # noqa: E402
-from pipeline.partial import summarize  # noqa: E402
-from pipeline.replay import rejudge  # noqa: E402
+from pipeline.replay.whatif import rejudge  # noqa: E402
 from pipeline.scenarios import DEFAULT_START, scenario_config  # noqa: E402
 
 REGIONS = ("us-east", "eu-west", "ap-south")

@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: E402
 
 from pipeline import scenarios  # noqa: E402
-from pipeline.codec import parse_ts  # noqa: E402
+from pipeline.decode.codec import parse_ts  # noqa: E402
 
 SIZE_S = 2
 LATENESS_S = 1

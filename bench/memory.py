@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline import config as config_mod  # noqa: E402
+from pipeline.aggregate.partial import summarize  # noqa: E402
 from pipeline.engine import Engine  # noqa: E402
 from pipeline.model import DecodeError, Event  # noqa: E402
-from pipeline.partial import summarize  # noqa: E402
 
 START = 1_756_274_400.0
 

@@ -32,11 +32,13 @@ sys.path.insert(0, str(ROOT))
 import polars as pl  # noqa: E402
 from _data import lines_file  # noqa: E402
 
-from pipeline import archive, replay, scenarios  # noqa: E402
 from pipeline import config as config_mod  # noqa: E402
-from pipeline.codec import decode_batch  # noqa: E402
+from pipeline import scenarios  # noqa: E402
+from pipeline.aggregate.partial import summarize  # noqa: E402
+from pipeline.decode.codec import decode_batch  # noqa: E402
 from pipeline.engine import Engine  # noqa: E402
-from pipeline.partial import summarize  # noqa: E402
+from pipeline.replay import archive  # noqa: E402
+from pipeline.replay import run as replay  # noqa: E402
 
 SCENARIO = "healthy"
 TARGET = 1_000_000

@@ -25,11 +25,11 @@ from bytewax.testing import TestingSink, TestingSource, run_main  # noqa: E402
 
 from pipeline import config as config_mod  # noqa: E402
 from pipeline import scenarios  # noqa: E402
-from pipeline.codec import decode_batch  # noqa: E402
+from pipeline.aggregate.partial import summarize  # noqa: E402
+from pipeline.decode.codec import decode_batch  # noqa: E402
 from pipeline.engine import Engine  # noqa: E402
 from pipeline.flow import Sinks, build_flow  # noqa: E402
 from pipeline.io.chunk import Chunk  # noqa: E402
-from pipeline.partial import summarize  # noqa: E402
 
 BATCH = 5000
 

@@ -790,7 +790,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.out.startswith("kafka://"):
         return _produce(args, lines)
     if fmt == "parquet":
-        from pipeline.archive import write_parquet
+        from pipeline.replay.archive import write_parquet
 
         n = write_parquet(lines, args.out)
     else:
@@ -881,8 +881,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pipeline import archive, replay
-    from pipeline.report import render, safe_name
+    from pipeline.replay import archive, whatif
+    from pipeline.replay import run as replay
+    from pipeline.replay.report import render, safe_name
 
     cfg = config_mod.load(args.config)
     if args.batch_rows < 1:
@@ -891,7 +892,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     what_ifs = []
     for path in args.thresholds:
         try:
-            what_ifs.append((path, replay.what_if_config(base_text, config_mod.read_text(path))))
+            what_ifs.append((path, whatif.what_if_config(base_text, config_mod.read_text(path))))
         except config_mod.ConfigError as exc:  # names the file itself when it could not be read
             raise UsageError(f"--thresholds {exc if exc.key == path else f'{path}: {exc}'}") from None
     out_dir = Path(args.out)
@@ -925,7 +926,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             return 1
     elapsed = time.monotonic() - started
     decisions = Counter(str(v.decision) for v in outcome.verdicts)
-    first = replay.first_stop(outcome.verdicts)
+    first = whatif.first_stop(outcome.verdicts)
     _say(f"replayed {outcome.events:,} events from {len(archives.files)} archive(s) in {elapsed:.1f} s "
          f"({outcome.events / max(elapsed, 1e-9):,.0f} events/s): {len(outcome.verdicts)} verdicts ("
          + ", ".join(f"{d} {n}" for d, n in sorted(decisions.items())) + f"), first stop "
@@ -933,8 +934,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
          f"timeline in {paths['verdicts']}")
     records = []
     for path, alt_cfg in what_ifs:
-        alt = list(replay.rejudge(alt_cfg, outcome.kept))
-        text, record = replay.describe(Path(path).name, replay.config_changes(cfg, alt_cfg),
+        alt = list(whatif.rejudge(alt_cfg, outcome.kept))
+        text, record = whatif.describe(Path(path).name, whatif.config_changes(cfg, alt_cfg),
                                        outcome.verdicts, alt)
         print(text)
         records.append(record)

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.aggregate.partial import Partial
+from pipeline.aggregate.stats import PHASES, ClosedWindow, LabelCaps, WindowStats
 from pipeline.config import Config
 from pipeline.gates import Context, median
 from pipeline.judgement import Judgement
@@ -41,8 +43,6 @@ from pipeline.model import (
     Verdict,
     format_time,
 )
-from pipeline.partial import Partial
-from pipeline.stats import PHASES, ClosedWindow, LabelCaps, WindowStats
 
 # Sticky keys tracked per variant across the horizon and per open window (about
 # 100 bytes each, so ~20 MB for control and canary together); keys past it are counted as

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from pipeline.aggregate.stats import ClosedWindow
 from pipeline.config import Config
 from pipeline.sequential import (
     Floats,
@@ -43,7 +44,6 @@ from pipeline.sequential import (
     rank_scores,
     upper_tail_scores,
 )
-from pipeline.stats import ClosedWindow
 
 TestKey = tuple[str, str | None]  # gate, region (None: all regions)
 Sample = tuple[str | None, Floats]  # region, log e-values of one window

@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pipeline.aggregate.stats import OTHER, WindowStats
 from pipeline.config import Config
 from pipeline.evidence import Evidence
 from pipeline.model import (
@@ -23,7 +24,6 @@ from pipeline.model import (
     deciding_rows,
     stage_rank,
 )
-from pipeline.stats import OTHER, WindowStats
 
 # Gate -> first stage at which its failure is a hard stop (None: never stops).
 STOP_FROM: dict[str, str | None] = {

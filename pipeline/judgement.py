@@ -16,11 +16,11 @@ starts them afresh (SIGHUP, or a resumed run with another `rollout.stage`).
 
 from __future__ import annotations
 
+from pipeline.aggregate.stats import ClosedWindow, WindowStats
 from pipeline.config import Config
 from pipeline.evidence import Evidence
 from pipeline.gates import Context, all_clean, decide, judge
 from pipeline.model import Decision, Verdict, format_time
-from pipeline.stats import ClosedWindow, WindowStats
 
 
 class Judgement:

@@ -1,4 +1,4 @@
-"""Archive readers and the Parquet writer (pipeline.archive): both formats read as the codec decodes."""
+"""Archive readers and the Parquet writer (replay/archive.py): both formats read as the codec decodes."""
 
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from pipeline import archive, cli, codec, scenarios
+from pipeline import cli, scenarios
 from pipeline import frame as frames
-from pipeline.archive import ArchiveError, Batch, open_archives, write_parquet
+from pipeline.decode import codec
 from pipeline.model import DeadLetterReason, DecodeError, Event
+from pipeline.replay import archive
+from pipeline.replay.archive import ArchiveError, Batch, open_archives, write_parquet
 
 MINUTES = 6
 # Scenarios whose streams differ in what the readers must carry: dead letters

@@ -35,13 +35,14 @@ from msgspec.structs import replace
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline import codec, scenarios
 from pipeline import config as config_mod
+from pipeline import scenarios
+from pipeline.aggregate.partial import summarize
+from pipeline.aggregate.stats import LABEL_KINDS, OTHER, PHASES, LabelCaps
+from pipeline.decode import codec
 from pipeline.engine import INDEX_COMBOS_MAX, QUANTILES, STICKY_KEYS_MAX, Engine, Output, Report
 from pipeline.io.metrics import CanaryCollector
 from pipeline.model import DeadLetter, Event
-from pipeline.partial import summarize
-from pipeline.stats import LABEL_KINDS, OTHER, PHASES, LabelCaps
 
 CFG = config_mod.parse(scenarios.scenario_config("healthy"))
 L = CFG.limits.max_label_values

@@ -1,4 +1,4 @@
-"""Unit tests for the hot-path decoder, pipeline.codec (SPEC section 1)."""
+"""Unit tests for the hot-path decoder, pipeline.decode.codec (SPEC section 1)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from pipeline.codec import decode, decode_batch, parse_ts
+from pipeline.decode.codec import decode, decode_batch, parse_ts
 from pipeline.model import DeadLetterReason, DecodeError, Event
 
 # The example event of the playbook (seeds/canary-release-serverless-edge.md).

@@ -21,7 +21,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from pipeline import config as config_mod
 from pipeline.cli import _parser
-from pipeline.codec import decode
+from pipeline.decode.codec import decode
 from pipeline.gates import GATES, STOP_FROM
 from pipeline.model import LADDER, DeadLetter, DeadLetterReason, Decision, Event, GateStatus
 

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from conftest import BASE_TS, make_config, make_event, make_probe
 
+from pipeline.aggregate.stats import LabelCaps, WindowStats
 from pipeline.config import Config, VariantSpec
 from pipeline.evidence import Evidence
 from pipeline.gates import GATES, STOP_FROM, Context, decide, judge, median, stop_active
 from pipeline.model import LADDER, Decision, GateRow, GateStatus, Verdict, stage_rank
-from pipeline.stats import LabelCaps, WindowStats
 
 CONTROL = "control"
 CANARY = "canary-v2"

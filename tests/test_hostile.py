@@ -35,13 +35,14 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import codec, scenarios
 from pipeline import config as config_mod
+from pipeline import scenarios
+from pipeline.aggregate.partial import summarize
+from pipeline.decode import codec
 from pipeline.engine import Engine, Output, Report
 from pipeline.flow import Sinks, build_flow
 from pipeline.io.chunk import Chunk
 from pipeline.model import DeadLetter, DecodeError, Event
-from pipeline.partial import summarize
 
 SCENARIO = "healthy"
 SEED = 5

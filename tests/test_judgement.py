@@ -16,7 +16,7 @@ from pipeline.engine import Engine, Report
 from pipeline.evidence import Evidence, cache_samples, error_samples, latency_samples
 from pipeline.judgement import Judgement
 from pipeline.model import Decision, Event, GateStatus, Verdict
-from pipeline.replay import rejudge
+from pipeline.replay.whatif import rejudge
 from pipeline.sequential import SequentialTest
 
 CANARY = "canary-v2"

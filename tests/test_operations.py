@@ -1,7 +1,7 @@
 """Bad configuration and operations: the decision SPEC §4 implies, a clear reason, no crash.
 
 Each test drives the pure Engine with generated scenario traffic (decoded by
-pipeline.codec.decode_batch) or with conftest events, under the scenario
+pipeline.decode.codec.decode_batch) or with conftest events, under the scenario
 config (stage 50%, 60 s windows, a 600 s horizon, 300 s sustain) unless it
 says otherwise, and checks three things: every window gets exactly one
 verdict; the decision is the one SPEC §4 implies; and the reasons name what
@@ -21,8 +21,8 @@ from conftest import BASE_TOML, BASE_TS, make_config, make_event
 from msgspec.structs import replace
 
 from pipeline import config as config_mod
-from pipeline.codec import decode_batch
 from pipeline.config import Config, ConfigError
+from pipeline.decode.codec import decode_batch
 from pipeline.engine import Engine, Report
 from pipeline.gates import stop_active
 from pipeline.model import Decision, DecodeError, Event, GateRow, GateStatus, Verdict

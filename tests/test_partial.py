@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from pipeline import config as config_mod
 from pipeline import scenarios
-from pipeline.codec import decode_batch
+from pipeline.aggregate.partial import summarize
+from pipeline.aggregate.sketch import PackedSketches, Sketch
+from pipeline.aggregate.stats import WindowStats
+from pipeline.decode.codec import decode_batch
 from pipeline.engine import Engine, Output, Report
 from pipeline.model import DeadLetter, DecodeError, Event
-from pipeline.partial import summarize
-from pipeline.sketch import PackedSketches, Sketch
-from pipeline.stats import WindowStats
 
 
 @functools.cache
@@ -134,7 +134,7 @@ def test_packing_from_values_equals_adding_to_sketches() -> None:
 
 
 def test_relabeling_folds_unadmitted_values_into_other() -> None:
-    from pipeline.stats import LabelCaps
+    from pipeline.aggregate.stats import LabelCaps
 
     caps = LabelCaps(2, {"variant": ["control", "canary"]})
     items = decode_batch(list(_lines("healthy"))[:200])

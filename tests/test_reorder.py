@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pipeline import config as config_mod
 from pipeline import scenarios
-from pipeline.codec import decode_batch
+from pipeline.decode.codec import decode_batch
 from pipeline.engine import Engine, Report
 from pipeline.model import Event
 

@@ -14,12 +14,15 @@ import polars as pl
 import pytest
 from conftest import ROOT
 
-from pipeline import archive, codec, config, frame, replay, scenarios
+from pipeline import config, frame, scenarios
+from pipeline.aggregate.partial import summarize
+from pipeline.aggregate.stats import WindowStats
 from pipeline.cli import main
+from pipeline.decode import codec
 from pipeline.engine import Engine, Report
 from pipeline.model import DecodeError, Event
-from pipeline.partial import summarize
-from pipeline.stats import WindowStats
+from pipeline.replay import archive, whatif
+from pipeline.replay.summarize import summarize_frame
 
 MINUTES = 25
 
@@ -113,7 +116,7 @@ def test_summaries_equal_the_streams_partials() -> None:
     events = [e for e in items if isinstance(e, Event)]
     # repeats: the same request ids again, in the same window
     events = events + [e for e in events[-40:] if e.request_id is not None]
-    ours, _ = replay.summarize_frame(frame.from_events(events, list(range(len(events)))),
+    ours, _ = summarize_frame(frame.from_events(events, list(range(len(events)))),
                                      cfg.windows.size_s, (cfg.control, cfg.canary))
     theirs = summarize(list(events), cfg.windows.size_s, (cfg.control, cfg.canary))
     assert theirs is not None
@@ -161,7 +164,7 @@ def test_rejudge_with_the_same_config_reproduces_the_replay(tmp_path: Path) -> N
     engine = Engine(cfg)
     engine.kept = []
     reports = [o for o in engine.feed(items) + engine.close() if isinstance(o, Report)]
-    again = list(replay.rejudge(cfg, engine.kept))
+    again = list(whatif.rejudge(cfg, engine.kept))
     assert [v.to_record() for v in again] == [r.verdict.to_record() for r in reports]
 
 

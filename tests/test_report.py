@@ -25,10 +25,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import codec, config, engine, report, scenarios
+from pipeline import config, engine, scenarios
 from pipeline.config import Config
+from pipeline.decode import codec
 from pipeline.gates import GATES
 from pipeline.model import Event
+from pipeline.replay import report
 
 MINUTES = 15  # the scenarios' shortest: each shows its regression within it
 SEED = 3

@@ -1,4 +1,4 @@
-"""Property tests: pipeline.codec.decode and schemas/telemetry.schema.json agree.
+"""Property tests: pipeline.decode.codec.decode and schemas/telemetry.schema.json agree.
 
 The decoder is the hot path; the JSON Schema is the published contract.  For
 every JSON document the decoder returns an Event exactly when the schema (with
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from pipeline.codec import decode
+from pipeline.decode.codec import decode
 from pipeline.model import (
     LADDER,
     DeadLetterReason,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from ddsketch import DDSketch
 
-from pipeline.sketch import PackedSketches, Sketch
+from pipeline.aggregate.sketch import PackedSketches, Sketch
 
 QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
 

@@ -25,11 +25,11 @@ import pytest
 
 from pipeline import config as config_mod
 from pipeline import scenarios
-from pipeline.archive import open_archives, write_parquet
-from pipeline.codec import decode_batch
+from pipeline.aggregate.partial import summarize
+from pipeline.decode.codec import decode_batch
 from pipeline.engine import Engine, Report
-from pipeline.partial import summarize
-from pipeline.replay import replay
+from pipeline.replay.archive import open_archives, write_parquet
+from pipeline.replay.run import replay
 
 GOLDEN = Path(__file__).parent / "golden" / "timelines"
 RECORD = os.environ.get("RECORD_TIMELINES") == "1"
@@ -46,7 +46,7 @@ def _lines(name: str) -> list[bytes]:
 
 
 def _records(outputs: list, cfg: config_mod.Config) -> list[bytes]:
-    from pipeline.replay import window_record
+    from pipeline.replay.run import window_record
 
     out = []
     for item in outputs:
@@ -89,8 +89,9 @@ def _replay(cfg: config_mod.Config, path: Path) -> list[bytes]:
     for _ in outcome.verdicts:
         out.append(b"V " + orjson.dumps(orjson.loads(next(v)), option=orjson.OPT_SORT_KEYS))
         out.append(b"W " + orjson.dumps(orjson.loads(next(w)), option=orjson.OPT_SORT_KEYS))
-    out.extend(b"D " + orjson.dumps(orjson.loads(line), option=orjson.OPT_SORT_KEYS)
-               .replace(f'"{path.name}:'.encode(), b'"archive.jsonl:') for line in dead.getvalue().splitlines())
+    renamed = (f'"{path.name}:'.encode(), b'"archive.jsonl:')
+    out.extend(b"D " + orjson.dumps(orjson.loads(line), option=orjson.OPT_SORT_KEYS).replace(*renamed)
+               for line in dead.getvalue().splitlines())
     return out
 
 
@@ -106,8 +107,9 @@ def _without_lines(records: list[bytes]) -> list[bytes]:
         if r.startswith(b"D "):
             record = orjson.loads(r[2:])
             del record["line"]
-            r = b"D " + orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-        out.append(r)
+            out.append(b"D " + orjson.dumps(record, option=orjson.OPT_SORT_KEYS))
+        else:
+            out.append(r)
     return out
 
 

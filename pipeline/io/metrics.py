@@ -33,10 +33,10 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pipeline.aggregate.stats import OTHER, ClosedWindow
 from pipeline.engine import Report
 from pipeline.io.kafka import SourceHealth
 from pipeline.model import DeadLetter, Decision, GateStatus, Verdict
-from pipeline.stats import OTHER, ClosedWindow
 
 PREFIX = "canary_gate"
 

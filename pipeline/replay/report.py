@@ -39,11 +39,11 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from matplotlib.typing import RcKeyType
 
-from pipeline.codec import parse_ts
 from pipeline.config import Config
+from pipeline.decode.codec import parse_ts
 from pipeline.gates import GATES
 from pipeline.model import Decision, GateRow, GateStatus, format_time, gate_status
-from pipeline.replay import window_record
+from pipeline.replay.run import window_record
 
 DECISIONS = (Decision.STOP, Decision.INSUFFICIENT_DATA, Decision.HOLD, Decision.PROMOTE)  # bottom to top
 DECISION_COLOURS = {

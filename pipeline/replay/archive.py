@@ -140,8 +140,8 @@ import orjson
 import polars as pl
 from polars.datatypes import DataTypeClass
 
-from pipeline import codec
 from pipeline import frame as frames
+from pipeline.decode import codec
 from pipeline.model import LAMBDA_STATES, DeadLetterReason, DecodeError, Event
 
 __all__ = [

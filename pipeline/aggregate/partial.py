@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.aggregate.stats import ADMITTED, ClosedWindow, LabelCaps, WindowStats, pack_latency
 from pipeline.model import DecodeError, Event
-from pipeline.stats import ADMITTED, ClosedWindow, LabelCaps, WindowStats, pack_latency
 
 
 class _RawLabels(LabelCaps):

@@ -31,9 +31,9 @@ from typing import Any, overload
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.aggregate.sketch import PackedSketches, Sketch
 from pipeline.config import Config
 from pipeline.model import Event
-from pipeline.sketch import PackedSketches, Sketch
 
 OTHER = "other"
 QUESTION_CAP = 4096  # default of limits.max_question_ids

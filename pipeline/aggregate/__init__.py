@@ -1,0 +1,1 @@
+"""Window aggregates: latency sketches, label caps, per-window statistics and chunk summaries."""

@@ -1,0 +1,329 @@
+"""Column-wise summaries of archived events: a polars frame -> the stream's `Partial`.
+
+`summarize_frame` builds, with a handful of group-bys, the per-window
+aggregates the stream builds per micro-batch (`partial.summarize`): counters
+keyed by raw label values, latency sketches, sticky keys per window, and
+the request ids separately (as hashes, and text when needed).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from pipeline.aggregate.partial import Partial, WindowPart
+from pipeline.aggregate.sketch import PackedSketches
+from pipeline.aggregate.stats import (
+    LABEL_KINDS,
+    PHASES,
+    ROWS,
+    ClosedWindow,
+    LabelCaps,
+    LatencyKey,
+)
+
+# Everything the counters read of an event (stats._SIGNATURE, with whether it is a probe) and its
+# window: events with equal values here count alike.
+_GROUP_KEYS = ("wid", "variant", "region", "x_warm", "probe", "status", "failure_phase", "has_retrieval",
+               "index_hash", "metric", "analyzer", "cache_prefix", "cache_hit")
+_LABEL_COLUMNS = ("variant", "region", "index_hash", "metric", "analyzer", "cache_prefix", "probe_topic",
+                  "probe_question")  # stats._LABEL_ROW's order
+# What the counters and label caps read of a frame.
+_NARROW = tuple(dict.fromkeys((*_LABEL_COLUMNS, "x_warm", "status", "failure_phase", "has_retrieval",
+                               "cache_hit", "row")))
+_FEW_WINDOWS = 64  # up to this many windows in a batch, rows are split by comparison, not sorting
+_NO_SKETCHES = PackedSketches.from_values(np.zeros(0, dtype=np.int64), np.zeros(0), 0)
+_PROBE_COLUMNS = ("variant", "probe_question", "probe_topic", "probe_paraphrase", "probe_seed", "delta_s",
+                  "coverage", "lambda_state")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestIds:
+    """The request ids of a batch's windows (repeats dropped): hashes to check, text when needed."""
+
+    hashes: dict[int, npt.NDArray[np.uint64]]
+    rows: dict[int, npt.NDArray[np.int64]]  # window -> positions in `column`
+    column: pl.Series
+
+    def values(self, wid: int) -> list[str]:
+        """The request ids of window `wid`, as text."""
+        return self.column.gather(self.rows[wid]).to_list()
+
+
+def summarize_frame(events: pl.DataFrame, size: float, variants: tuple[str, ...],
+                    caps: LabelCaps | None = None) -> tuple[Partial, RequestIds]:
+    """The `Partial` of a frame of accepted events (arrival order), as `partial.summarize` builds it.
+
+    Computed column-wise: one group-by over everything the counters and label
+    caps read (on categorical codes), one over the probes, one sort to number
+    the latency keys and one pass of sketch bins.  Wide text columns are
+    hashed rather than copied.  Request ids are not listed in the Partial (a
+    Python string per event would cost more than all the rest); they come back
+    separately for `Replayer` to check and keep.
+    """
+    ts = events["ts"].to_numpy()
+    wids = np.floor_divide(ts, size).astype(np.int64)  # Python's // on floats, as the engine
+    rid = events["request_id"]
+    hashes = rid.hash().to_numpy()
+    present = rid.is_not_null().to_numpy()
+    repeated, repeats = _repeats(events, wids, hashes, present)
+    keep = np.ones(len(ts), dtype=np.bool_) if repeated is None else ~repeated
+    narrow = events.select(*_NARROW).with_columns(
+        wid=pl.Series(wids, dtype=pl.Int64), probe=pl.col("probe_question").is_not_null())
+    if repeated is not None:
+        narrow = narrow.filter(pl.Series(keep))
+    groups = narrow.group_by(_GROUP_KEYS).agg(n=pl.len())
+    counters: dict[int, dict[str, Counter[Any]]] = {}
+
+    def family(wid: int, name: str) -> Counter[Any]:
+        window = counters.get(wid)
+        if window is None:
+            window = counters[wid] = {}
+        found = window.get(name)
+        if found is None:
+            found = window[name] = Counter()
+        return found
+
+    label_rows: dict[tuple[Any, ...], None] = {}
+    for (wid, variant, region, ping, probe, status, phase, has_r, ih, metric, analyzer, prefix, hit,
+         n) in groups.iter_rows():
+        if not probe:  # a probe's label row has its topic and question: taken below
+            label_rows[(variant, region, ih, metric, analyzer, prefix, None, None)] = None
+        family(wid, "events")[variant] += n  # as WindowStats.add_many, with raw labels
+        if ping:
+            family(wid, "x_warm")[(variant, region)] += n
+            continue
+        if probe:
+            continue
+        family(wid, "user")[(variant, region)] += n
+        family(wid, "statuses")[(variant, region, status)] += n
+        if status >= 500:
+            family(wid, "errors")[(variant, region)] += n
+            family(wid, "classes")[(variant, status, phase or "none")] += n
+        if has_r:
+            family(wid, "index_obs")[(variant, region, ih, metric, analyzer)] += n
+        if prefix is not None:
+            family(wid, "prefixes")[(variant, prefix)] += n
+        if hit is not None:
+            family(wid, "cache")[(variant, "n")] += n
+            if hit:
+                family(wid, "cache")[(variant, "hit")] += n
+    ping = events["x_warm"].to_numpy()
+    probe = events["probe_question"].is_not_null().to_numpy()
+    if probe.any():
+        label_rows.update(dict.fromkeys(
+            events.select(_LABEL_COLUMNS).filter(pl.Series(probe & keep)).unique().rows()))
+    labels = {ROWS: _in_order(label_rows, narrow, caps)}
+    probes = ~ping & probe & keep
+    if probes.any():
+        _probe_counters(events.select(_PROBE_COLUMNS).filter(pl.Series(probes))
+                        .with_columns(wid=pl.Series(wids[probes], dtype=pl.Int64)), family)
+    users = ~ping & ~probe & keep
+    latency = _latency(events, users, wids)
+    sticky = _sticky(events, users, wids, variants)
+    window_rows = _rows_by_window(wids, present & keep)
+    ids = RequestIds({w: hashes[r] for w, r in window_rows.items()}, window_rows, rid)
+    parts = []
+    for wid in _windows_in_order(wids, keep):
+        keys, packed = latency.get(wid, ([], _NO_SKETCHES))
+        closed = ClosedWindow({f: c for f, c in counters.get(wid, {}).items() if c}, keys, packed)
+        parts.append(WindowPart(wid, closed, [], {v: sticky.get((wid, v), []) for v in variants}))
+    return Partial(ts, repeated, parts, labels, repeats, wids), ids
+
+
+def _in_order(rows: dict[tuple[Any, ...], None], narrow: pl.DataFrame,
+              caps: LabelCaps | None) -> list[tuple[Any, ...]]:
+    """The label rows in order of first appearance, as the caps must be offered them.
+
+    Order decides which values keep their own label only when a cap could
+    fill: when every label kind, with what `caps` holds already, stays below
+    half its cap, every value is admitted whatever the order, and the order
+    of the group-by is as good (finding first appearances costs a second
+    group-by).
+    """
+    if caps is not None:
+        values: dict[str, set[Any]] = {kind: set() for kind in LABEL_KINDS}
+        for row in rows:
+            for kind, value in zip(LABEL_KINDS, row, strict=True):
+                if value is not None:
+                    values[kind].add(value)
+        if all(len(caps.kinds.get(kind, ())) + len(found) < caps.cap(kind) // 2
+               for kind, found in values.items()):
+            return list(rows)
+    firsts = (narrow.group_by(_LABEL_COLUMNS).agg(first=pl.col("row").min()).sort("first")
+              .drop("first").rows())
+    return firsts
+
+
+def _windows_in_order(wids: npt.NDArray[np.int64], keep: npt.NDArray[np.bool_]) -> list[int]:
+    """The windows of the kept rows, in order of first appearance."""
+    kept = wids[keep]
+    if len(kept) == 0:
+        return []
+    low, high = int(kept.min()), int(kept.max())
+    if low == high:
+        return [low]
+    if high - low < _FEW_WINDOWS:  # far-apart times (a late event from years ago) count no range
+        distinct = np.flatnonzero(np.bincount(kept - low)) + low
+        return sorted(distinct.tolist(), key=lambda w: int(np.argmax(kept == w)))
+    values, first = np.unique(kept, return_index=True)
+    ordered: list[int] = values[np.argsort(first)].tolist()
+    return ordered
+
+
+def _rows_by_window(wids: npt.NDArray[np.int64],
+                    mask: npt.NDArray[np.bool_]) -> dict[int, npt.NDArray[np.int64]]:
+    """Positions of the masked rows, per window."""
+    rows = np.flatnonzero(mask)
+    if len(rows) == 0:
+        return {}
+    of = wids[rows]
+    low, high = int(of.min()), int(of.max())
+    if low == high:
+        return {low: rows}
+    if high - low < _FEW_WINDOWS:  # a few windows: one comparison each beats a sort
+        return {w: rows[of == w] for w in range(low, high + 1) if (of == w).any()}
+    order = np.argsort(of, kind="stable")
+    chunks = np.split(rows[order], np.flatnonzero(np.diff(of[order])) + 1)
+    return {int(wids[chunk[0]]): chunk for chunk in chunks}
+
+
+def _repeats(events: pl.DataFrame, wids: npt.NDArray[np.int64], hashes: npt.NDArray[np.uint64],
+             present: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.bool_] | None, list[tuple[int, str]]]:
+    """Events whose request_id came before in the same window (as `Engine.feed` drops them).
+
+    Candidates by hash with one sort (the top bits of a hash of window and id,
+    the row's position packed below them), then confirmed on the text among
+    those few rows, in arrival order.
+    """
+    at = np.flatnonzero(present)
+    if len(at) < 2:
+        return None, []
+    key = hashes[at] + wids[at].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # wraps around
+    bits = np.uint64(max(1, (len(at) - 1).bit_length()))
+    packed = (key >> bits << bits) | np.arange(len(at), dtype=np.uint64)
+    packed.sort()
+    top = packed >> bits
+    same = top[1:] == top[:-1]
+    if not same.any():
+        return None, []
+    twice = np.zeros(len(at), dtype=np.bool_)
+    twice[1:] |= same
+    twice[:-1] |= same
+    rows = np.sort(at[(packed[twice] & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)])
+    suspects = pl.DataFrame({"at": rows, "wid": wids[rows], "request_id": events["request_id"].gather(rows),
+                             "variant": events["variant"].gather(rows).cast(pl.String)})
+    again = suspects.filter(~pl.struct("wid", "request_id").is_first_distinct())
+    if again.is_empty():
+        return None, []
+    repeated = np.zeros(len(wids), dtype=np.bool_)
+    repeated[again["at"].to_numpy()] = True
+    return repeated, [(int(w), str(v)) for w, v in again.select("wid", "variant").iter_rows()]
+
+
+def _probe_counters(probes: pl.DataFrame, family: Callable[[int, str], Counter[Any]]) -> None:
+    """The probe families of WindowStats._add_probes, with raw labels."""
+    for wid, variant, n in probes.group_by("wid", "variant").len().rows():
+        family(wid, "probes")[variant] += n
+    for wid, variant, value, n in (probes.filter(pl.col("delta_s").is_not_null())
+                                   .group_by("wid", "variant", "delta_s").len().rows()):
+        family(wid, "delta_s")[(variant, round(value, 4))] += n  # Python's rounding, as the stream
+    for wid, variant, topic, value, n in (probes.filter(pl.col("coverage").is_not_null())
+                                          .group_by("wid", "variant", "probe_topic", "coverage")
+                                          .len().rows()):
+        family(wid, "coverage")[(variant, topic, round(value, 4))] += n
+    for wid, *key, n in (probes.filter(pl.col("lambda_state") >= 0)
+                         .group_by("wid", "variant", "probe_question", "probe_paraphrase", "probe_seed",
+                                   "lambda_state").len().rows()):
+        family(wid, "lam")[tuple(key)] += n
+
+
+def _latency(events: pl.DataFrame, users: npt.NDArray[np.bool_],
+             wids: npt.NDArray[np.int64]) -> dict[int, tuple[list[LatencyKey], PackedSketches]]:
+    """Per window: the latency keys (variant, region, cold) of user requests and their packed sketches.
+
+    Each row gets one integer key from its window and the categorical codes of
+    variant and region (window first, so keys sort by window); the keys are
+    numbered, every sketch of every window is binned in one pass, and the
+    packed result is cut per window.
+    """
+    out: dict[int, tuple[list[LatencyKey], PackedSketches]] = {}
+    at = np.flatnonzero(users)
+    if len(at) == 0:
+        return out
+    window = wids[at]
+    low = int(window.min())
+    variant = events["variant"].to_physical().to_numpy()[at].astype(np.int64)
+    region = events["region"].to_physical().to_numpy()[at].astype(np.int64)
+    cold = events["cold_start"].to_numpy()[at]
+    span = (int(window.max()) - low + 1, int(variant.max()) + 1, int(region.max()) + 1)
+    if span[0] * span[1] * span[2] * 2 <= max(1 << 22, 4 * len(at)):
+        combined = (((window - low) * span[1] + variant) * span[2] + region) * 2 + cold
+        seen = np.bincount(combined, minlength=span[0] * span[1] * span[2] * 2) > 0
+        keys = np.flatnonzero(seen)
+        number = np.cumsum(seen) - 1  # key value -> its rank among the keys present
+        code = number[combined]
+    else:  # codes too wide to count densely: number the keys by sorting
+        combined = np.stack([window - low, variant, region, cold.astype(np.int64)], axis=1)
+        keys, code = np.unique(combined, axis=0, return_inverse=True)
+        code = code.ravel()
+    some = np.zeros(len(keys), dtype=np.int64)
+    some[code] = at  # a row of each key
+    described = events.select("variant", "region", "cold_start")[some.tolist()].rows()
+    key_window = wids[some]  # non-decreasing: keys sort by window first
+    packed = PackedSketches.from_columns(code, [events[phase].to_numpy()[at] for phase in PHASES], len(keys))
+    starts = np.flatnonzero(np.r_[True, key_window[1:] != key_window[:-1]])
+    ends = np.r_[starts[1:], len(keys)]
+    for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+        out[int(key_window[lo])] = ([(str(v), str(r), bool(c)) for v, r, c in described[lo:hi]],
+                                    packed.slice(3 * lo, 3 * hi))
+    return out
+
+
+def _sticky(events: pl.DataFrame, users: npt.NDArray[np.bool_], wids: npt.NDArray[np.int64],
+            variants: tuple[str, ...]) -> dict[tuple[int, str], list[str]]:
+    """Sticky keys of the configured variants' user requests, per (window, variant).
+
+    Distinct by hash with one sort, so only one string per distinct key leaves
+    polars: each row's key is a 64-bit hash of the sticky key mixed with its
+    window and variant, its top bits packed above the row's position, and
+    sorted; equal tops are one key.  A second, independent hash must agree
+    within every run of equal tops, else two keys collided and the distinct
+    texts are taken instead (both colliding: odds about n**2 / 2**108).
+    """
+    wanted = pl.Series(variants, dtype=pl.Categorical).to_physical().to_numpy()
+    code = events["variant"].to_physical().to_numpy()
+    at = np.flatnonzero(users & np.isin(code, wanted))
+    if len(at) == 0:
+        return {}
+    sticky = events["sticky"]
+    window = wids[at]
+    place = ((window - window.min()) * 2 + (code[at] == wanted[1])).astype(np.uint64)
+    first = sticky.hash(seed=1).to_numpy()[at] ^ (place * np.uint64(0x9E3779B97F4A7C15))
+    bits = np.uint64(max(1, (len(at) - 1).bit_length()))
+    packed = (first >> bits << bits) | np.arange(len(at), dtype=np.uint64)
+    packed.sort()
+    top = packed >> bits
+    starts = np.flatnonzero(np.r_[True, top[1:] != top[:-1]])
+    order = (packed & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)  # positions in `at`
+    second = (sticky.hash(seed=2).to_numpy()[at] ^ (place * np.uint64(0xC2B2AE3D27D4EB4F)))[order]
+    runs = np.repeat(starts, np.diff(np.r_[starts, len(at)]))
+    if bool((second != second[runs]).any()):  # a collision: distinct by text
+        picked = pl.DataFrame({"wid": window, "variant": code[at], "sticky": sticky.gather(at)}).unique()
+    else:
+        rows = at[order[starts]]
+        picked = pl.DataFrame({"wid": wids[rows], "variant": code[rows], "sticky": sticky.gather(rows)})
+    names = dict(zip(wanted.tolist(), variants, strict=True))
+    out: dict[tuple[int, str], list[str]] = {}
+    for (wid, variant), group in picked.partition_by("wid", "variant", as_dict=True).items():
+        out[(int(wid), names[int(variant)])] = group["sticky"].to_list()
+    return out
+
+
+__all__ = ["RequestIds", "summarize_frame"]
