@@ -15,7 +15,6 @@ by one, so the verdicts are those of `Engine.feed` either way.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -24,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.aggregate.stats import ADMITTED, ClosedWindow, LabelCaps, WindowStats, pack_latency
+from pipeline.clock import windows_of
+from pipeline.dedupe import repeats_in_events
 from pipeline.model import DecodeError, Event
 
 
@@ -76,33 +77,6 @@ _RID = attrgetter("request_id")
 _STICKY = attrgetter("variant", "sticky", "x_warm", "probe_question")
 
 
-def _without_repeats(events: list[Event], wids: npt.NDArray[np.int64]) -> tuple[
-        list[Event], npt.NDArray[np.int64], npt.NDArray[np.bool_] | None, list[tuple[int, str]]]:
-    """Drop events whose request_id already came in the same window, as `Engine.feed` does."""
-    rids = list(map(_RID, events))
-    present = [r for r in rids if r is not None] if None in rids else rids
-    if len(set(present)) == len(present):
-        return events, wids, None, []
-    twice = {r for r, n in Counter(present).items() if n > 1}
-    suspects = np.flatnonzero(np.fromiter(map(twice.__contains__, rids), dtype=np.bool_, count=len(rids)))
-    seen: set[tuple[int, str]] = set()
-    drop: list[int] = []
-    repeats: list[tuple[int, str]] = []
-    for i in suspects.tolist():
-        key = (int(wids[i]), rids[i])
-        if key in seen:
-            drop.append(i)
-            repeats.append((key[0], events[i].variant))
-        else:
-            seen.add(key)
-    if not drop:
-        return events, wids, None, []
-    mask = np.zeros(len(events), dtype=np.bool_)
-    mask[drop] = True
-    keep = np.flatnonzero(~mask)
-    return [events[i] for i in keep.tolist()], wids[keep], mask, repeats
-
-
 def summarize(items: list[Event | DecodeError], size: float, variants: tuple[str, ...]) -> Partial | None:
     """Aggregate a decoded chunk per window of `size` seconds; None if it holds a decode error."""
     if not items:
@@ -112,7 +86,7 @@ def summarize(items: list[Event | DecodeError], size: float, variants: tuple[str
             return None
     everything: list[Event] = items  # type: ignore[assignment]  # checked just above
     ts = np.fromiter(map(_TS, everything), dtype=np.float64, count=len(everything))
-    events, wids, repeated, repeats = _without_repeats(everything, np.floor_divide(ts, size).astype(np.int64))
+    events, wids, repeated, repeats = repeats_in_events(everything, windows_of(ts, size))
     first = int(wids[0])
     if bool((wids == first).all()):  # the usual case: one window
         groups = [(first, events)]

@@ -27,6 +27,8 @@ from pipeline.aggregate.stats import (
     LabelCaps,
     LatencyKey,
 )
+from pipeline.clock import windows_of
+from pipeline.dedupe import repeats_in_frame
 
 # Everything the counters read of an event (stats._SIGNATURE, with whether it is a probe) and its
 # window: events with equal values here count alike.
@@ -68,11 +70,11 @@ def summarize_frame(events: pl.DataFrame, size: float, variants: tuple[str, ...]
     separately for `Replayer` to check and keep.
     """
     ts = events["ts"].to_numpy()
-    wids = np.floor_divide(ts, size).astype(np.int64)  # Python's // on floats, as the engine
+    wids = windows_of(ts, size)
     rid = events["request_id"]
     hashes = rid.hash().to_numpy()
     present = rid.is_not_null().to_numpy()
-    repeated, repeats = _repeats(events, wids, hashes, present)
+    repeated, repeats = repeats_in_frame(events, wids, hashes, present)
     keep = np.ones(len(ts), dtype=np.bool_) if repeated is None else ~repeated
     narrow = events.select(*_NARROW).with_columns(
         wid=pl.Series(wids, dtype=pl.Int64), probe=pl.col("probe_question").is_not_null())
@@ -192,39 +194,6 @@ def _rows_by_window(wids: npt.NDArray[np.int64],
     order = np.argsort(of, kind="stable")
     chunks = np.split(rows[order], np.flatnonzero(np.diff(of[order])) + 1)
     return {int(wids[chunk[0]]): chunk for chunk in chunks}
-
-
-def _repeats(events: pl.DataFrame, wids: npt.NDArray[np.int64], hashes: npt.NDArray[np.uint64],
-             present: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.bool_] | None, list[tuple[int, str]]]:
-    """Events whose request_id came before in the same window (as `Engine.feed` drops them).
-
-    Candidates by hash with one sort (the top bits of a hash of window and id,
-    the row's position packed below them), then confirmed on the text among
-    those few rows, in arrival order.
-    """
-    at = np.flatnonzero(present)
-    if len(at) < 2:
-        return None, []
-    key = hashes[at] + wids[at].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # wraps around
-    bits = np.uint64(max(1, (len(at) - 1).bit_length()))
-    packed = (key >> bits << bits) | np.arange(len(at), dtype=np.uint64)
-    packed.sort()
-    top = packed >> bits
-    same = top[1:] == top[:-1]
-    if not same.any():
-        return None, []
-    twice = np.zeros(len(at), dtype=np.bool_)
-    twice[1:] |= same
-    twice[:-1] |= same
-    rows = np.sort(at[(packed[twice] & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)])
-    suspects = pl.DataFrame({"at": rows, "wid": wids[rows], "request_id": events["request_id"].gather(rows),
-                             "variant": events["variant"].gather(rows).cast(pl.String)})
-    again = suspects.filter(~pl.struct("wid", "request_id").is_first_distinct())
-    if again.is_empty():
-        return None, []
-    repeated = np.zeros(len(wids), dtype=np.bool_)
-    repeated[again["at"].to_numpy()] = True
-    return repeated, [(int(w), str(v)) for w, v in again.select("wid", "variant").iter_rows()]
 
 
 def _probe_counters(probes: pl.DataFrame, family: Callable[[int, str], Counter[Any]]) -> None:

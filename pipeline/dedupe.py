@@ -1,0 +1,92 @@
+"""Request-id de-duplication: a request counts once per event-time window.
+
+The rule (docs/events.md, "Duplicates"): an event whose `request_id` already
+came in the same window is dropped and counted under `duplicates` for its
+variant; each window remembers at most `limits.dedupe_max_ids` ids (past
+that, ids are not remembered and `dedupe_overflow` counts them).  Events
+without a request_id are never duplicates.
+
+The engine applies it event by event (`Engine.feed`) and across batches; the
+batch summaries apply it within a batch, first appearance kept, with
+`repeats_in_events` (decoded events) and `repeats_in_frame` (a polars frame).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from operator import attrgetter
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from pipeline.model import Event
+
+_RID = attrgetter("request_id")
+
+
+def repeats_in_events(events: list[Event], wids: npt.NDArray[np.int64]) -> tuple[
+        list[Event], npt.NDArray[np.int64], npt.NDArray[np.bool_] | None, list[tuple[int, str]]]:
+    """The events without those whose request_id already came in the same window of the batch.
+
+    Returns (kept events, their windows, which events were dropped or None, (window, variant)
+    of each dropped one in arrival order).
+    """
+    rids = list(map(_RID, events))
+    present = [r for r in rids if r is not None] if None in rids else rids
+    if len(set(present)) == len(present):
+        return events, wids, None, []
+    twice = {r for r, n in Counter(present).items() if n > 1}
+    suspects = np.flatnonzero(np.fromiter(map(twice.__contains__, rids), dtype=np.bool_, count=len(rids)))
+    seen: set[tuple[int, str]] = set()
+    drop: list[int] = []
+    repeats: list[tuple[int, str]] = []
+    for i in suspects.tolist():
+        key = (int(wids[i]), rids[i])
+        if key in seen:
+            drop.append(i)
+            repeats.append((key[0], events[i].variant))
+        else:
+            seen.add(key)
+    if not drop:
+        return events, wids, None, []
+    mask = np.zeros(len(events), dtype=np.bool_)
+    mask[drop] = True
+    keep = np.flatnonzero(~mask)
+    return [events[i] for i in keep.tolist()], wids[keep], mask, repeats
+
+
+def repeats_in_frame(events: pl.DataFrame, wids: npt.NDArray[np.int64], hashes: npt.NDArray[np.uint64],
+             present: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.bool_] | None, list[tuple[int, str]]]:
+    """`repeats_in_events` for a frame: which rows repeat a request_id of the same window.
+
+    Candidates by hash with one sort (the top bits of a hash of window and id,
+    the row's position packed below them), then confirmed on the text among
+    those few rows, in arrival order.
+    """
+    at = np.flatnonzero(present)
+    if len(at) < 2:
+        return None, []
+    key = hashes[at] + wids[at].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # wraps around
+    bits = np.uint64(max(1, (len(at) - 1).bit_length()))
+    packed = (key >> bits << bits) | np.arange(len(at), dtype=np.uint64)
+    packed.sort()
+    top = packed >> bits
+    same = top[1:] == top[:-1]
+    if not same.any():
+        return None, []
+    twice = np.zeros(len(at), dtype=np.bool_)
+    twice[1:] |= same
+    twice[:-1] |= same
+    rows = np.sort(at[(packed[twice] & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)])
+    suspects = pl.DataFrame({"at": rows, "wid": wids[rows], "request_id": events["request_id"].gather(rows),
+                             "variant": events["variant"].gather(rows).cast(pl.String)})
+    again = suspects.filter(~pl.struct("wid", "request_id").is_first_distinct())
+    if again.is_empty():
+        return None, []
+    repeated = np.zeros(len(wids), dtype=np.bool_)
+    repeated[again["at"].to_numpy()] = True
+    return repeated, [(int(w), str(v)) for w, v in again.select("wid", "variant").iter_rows()]
+
+
+__all__ = ["repeats_in_events", "repeats_in_frame"]
