@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dashboards venv system-deps kafka-jars kafka-start kafka-stop demo example test lint typecheck unit bench lock clean
+.PHONY: dashboards venv system-deps kafka-jars kafka-start kafka-stop demo example test lint typecheck suite unit \
+	bench lock clean
 
 venv: $(STAMP)
 
@@ -42,7 +43,7 @@ demo: venv system-deps kafka-jars
 	bash scripts/demo.sh
 
 # Second README command: everything CI runs.
-test: venv system-deps kafka-jars lint typecheck unit
+test: venv system-deps kafka-jars lint typecheck suite
 
 lint: venv
 	$(BIN)/ruff check pipeline tests bench dashboards deploy
@@ -50,8 +51,14 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-unit: venv
+# The whole pytest suite: unit, flow and integration tests (a real broker, Prometheus, subprocess runs).
+suite: venv
 	$(BIN)/python -m pytest -q
+
+# The pure core and in-process dataflow tests only, in seconds: no broker, no Prometheus,
+# no subprocess runs (tests marked `integration` or `slow` are left out; see tests/conftest.py).
+unit: venv
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
 
 bench: venv
 	$(BIN)/python bench/throughput.py

@@ -247,10 +247,10 @@ def _check_thresholds(t: Thresholds) -> None:
             raise ConfigError(key, f"must be between 0 and 1, got {value}")
         if f.name in ("latency_ratio_max", "error_ratio_max") and not value > 0:
             raise ConfigError(key, f"must be > 0, got {value}")
-        if f.name in ("lambda_flip_stop", "new_5xx_min_count") and value < 1:
+        # A minimum sample of 0 would judge a variant with no requests at all (a rate of 0/0).
+        if f.name in ("lambda_flip_stop", "new_5xx_min_count", "min_warm_requests",
+                      "min_probe_events") and value < 1:
             raise ConfigError(key, f"must be >= 1, got {value}")
-        if f.name in ("min_warm_requests", "min_probe_events") and value < 0:
-            raise ConfigError(key, f"must be >= 0, got {value}")
 
 
 def _only(table: dict[str, Any], prefix: str, allowed: set[str]) -> None:

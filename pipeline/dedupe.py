@@ -6,14 +6,20 @@ variant; each window remembers at most `limits.dedupe_max_ids` ids (past
 that, ids are not remembered and `dedupe_overflow` counts them).  Events
 without a request_id are never duplicates.
 
-The engine applies it event by event (`Engine.feed`) and across batches; the
-batch summaries apply it within a batch, first appearance kept, with
+Within a batch, first appearance kept, the summaries apply it with
 `repeats_in_events` (decoded events) and `repeats_in_frame` (a polars frame).
+Across batches, `SeenIds` holds each open window's ids: `admit` decides one
+event as it arrives (`Engine.feed`), `fits` whether a summarised batch's ids
+may be merged as they are (`Engine.fits`), and `keeps_all` whether a window
+can remember that many more (replay's hashed pre-check); all three read the
+same sets and the same cap.
 """
 
 from __future__ import annotations
 
+import enum
 from collections import Counter
+from collections.abc import Collection, Iterable
 from operator import attrgetter
 
 import numpy as np
@@ -89,4 +95,56 @@ def repeats_in_frame(events: pl.DataFrame, wids: npt.NDArray[np.int64], hashes: 
     return repeated, [(int(w), str(v)) for w, v in again.select("wid", "variant").iter_rows()]
 
 
-__all__ = ["repeats_in_events", "repeats_in_frame"]
+class Admit(enum.Enum):
+    """What `SeenIds.admit` decided about one event's request id."""
+
+    NEW = "new"  # first in its window: counted, and remembered
+    DUPLICATE = "duplicate"  # came before in its window: dropped, counted under `duplicates`
+    OVERFLOW = "overflow"  # first, but its window remembers no more ids: counted under `dedupe_overflow`
+
+
+_NEW, _DUPLICATE, _OVERFLOW = Admit.NEW, Admit.DUPLICATE, Admit.OVERFLOW  # a member lookup costs per event
+
+
+class SeenIds:
+    """The request ids of each open window, at most `cap` per window (limits.dedupe_max_ids)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.by_window: dict[int, set[str]] = {}
+
+    def open(self, wid: int) -> None:
+        """Start remembering the ids of window `wid`."""
+        self.by_window[wid] = set()
+
+    def close(self, wid: int) -> None:
+        """Forget the ids of a window that closed."""
+        self.by_window.pop(wid, None)
+
+    def admit(self, wid: int, rid: str) -> Admit:
+        """Decide one event with request id `rid` in (open) window `wid`, remembering it if there is room."""
+        ids = self.by_window[wid]
+        if rid in ids:
+            return _DUPLICATE
+        if len(ids) < self.cap:
+            ids.add(rid)
+            return _NEW
+        return _OVERFLOW
+
+    def keeps_all(self, wid: int, n: int) -> bool:
+        """Whether window `wid` can remember `n` more ids (else some would be counted as overflow)."""
+        return len(self.by_window.get(wid, ())) + n <= self.cap
+
+    def fits(self, wid: int, ids: Collection[str]) -> bool:
+        """Whether a batch's distinct ids of window `wid` would each be `Admit.NEW` in turn."""
+        seen = self.by_window.get(wid)
+        return self.keeps_all(wid, len(ids)) and (seen is None or seen.isdisjoint(ids))
+
+    def remember(self, wid: int, ids: Iterable[str]) -> None:
+        """Add the ids of a batch that `fits` to window `wid`, if it is still open."""
+        seen = self.by_window.get(wid)
+        if seen is not None:
+            seen.update(ids)
+
+
+__all__ = ["Admit", "SeenIds", "repeats_in_events", "repeats_in_frame"]

@@ -3,7 +3,8 @@
 Three gates fail only on evidence (docs/gates.md): the point estimate over the
 horizon must cross the threshold *and* an anytime-valid test accumulated since
 the stage began must reject at `thresholds.alpha` (see sequential.py).  Each
-closed window adds one e-value per test:
+closed window adds one e-value per test, as the gate declares it (`Gate.samples`,
+pipeline/gates/):
 
 * `p95_warm_latency`, per region: the warm user requests' `latency_field`
   sketch bins of both variants (the bins the engine keeps anyway; 1 % wide,
@@ -30,73 +31,21 @@ then on (the bound becomes alpha times 1 + 1/2 + ... over the late starters).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from pipeline.aggregate.stats import ClosedWindow
 from pipeline.config import Config
-from pipeline.sequential import (
-    Floats,
-    SequentialTest,
-    log_e_rate,
-    log_e_values,
-    rank_scores,
-    upper_tail_scores,
-)
+from pipeline.gates import REGISTRY, Sampler
+from pipeline.gates.cache import cache_samples
+from pipeline.gates.errors import error_samples
+from pipeline.gates.latency import latency_samples
+from pipeline.sequential import SequentialTest
 
 TestKey = tuple[str, str | None]  # gate, region (None: all regions)
-Sample = tuple[str | None, Floats]  # region, log e-values of one window
 
-
-def latency_samples(window: ClosedWindow, cfg: Config) -> Iterator[Sample]:
-    """Per region with warm requests of both variants: log e-values of 'the canary is slower'."""
-    t = cfg.thresholds
-    sketches = window.latency_bins(t.latency_field)
-    for (variant, region, cold), (canary_bins, canary_counts) in sketches.items():
-        if variant != cfg.canary or cold:
-            continue
-        control = sketches.get((cfg.control, region, False))
-        if control is None:
-            continue
-        bins, at = np.unique(np.concatenate((canary_bins, control[0])), return_inverse=True)
-        counts = np.concatenate((canary_counts, control[1])).astype(np.float64)
-        # bincount with weights counts in float64 already; asarray only tells the type checker
-        pooled = np.asarray(np.bincount(at, weights=counts, minlength=len(bins)), dtype=np.float64)
-        canary = np.asarray(np.bincount(at[:len(canary_bins)], weights=counts[:len(canary_bins)],
-                                        minlength=len(bins)), dtype=np.float64)
-        tail = upper_tail_scores(pooled, t.latency_quantile)
-        yield region, np.concatenate((log_e_values(canary, pooled, rank_scores(pooled)),
-                                      log_e_values(canary, pooled, tail)))
-
-
-def error_samples(window: ClosedWindow, cfg: Config) -> Iterator[Sample]:
-    """Per region with user requests of both variants: log e-values of 'the canary errs more'."""
-    users: Counter[tuple[str, str]] = window.c.get("user", Counter())
-    errors: Counter[tuple[str, str]] = window.c.get("errors", Counter())
-    for (variant, region), n in users.items():
-        control_n = users.get((cfg.control, region), 0)
-        if variant == cfg.canary and control_n:
-            yield region, log_e_rate(errors.get((variant, region), 0), n,
-                                     errors.get((cfg.control, region), 0), control_n)
-
-
-def cache_samples(window: ClosedWindow, cfg: Config) -> Iterator[Sample]:
-    """All regions: log e-values of 'the canary misses the cache more' (user requests with a cache block)."""
-    cache: Counter[tuple[str, str]] = window.c.get("cache", Counter())
-    n, control_n = cache.get((cfg.canary, "n"), 0), cache.get((cfg.control, "n"), 0)
-    if n and control_n:
-        misses = n - cache.get((cfg.canary, "hit"), 0)
-        control_misses = control_n - cache.get((cfg.control, "hit"), 0)
-        yield None, log_e_rate(misses, n, control_misses, control_n)
-
-
-# Gate -> what its test sees in one window.
-TESTS: dict[str, Callable[[ClosedWindow, Config], Iterator[Sample]]] = {
-    "p95_warm_latency": latency_samples,
-    "error_rate": error_samples,
-    "cache_hit_regression": cache_samples,
-}
+# Gate -> what its test sees in one window, as each gate declares it (pipeline/gates/).
+TESTS: dict[str, Sampler] = {gate.name: gate.samples for gate in REGISTRY if gate.samples is not None}
 
 
 class Evidence:

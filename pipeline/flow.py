@@ -27,23 +27,85 @@ from pipeline.config import Config
 from pipeline.decode.codec import decode_batch
 from pipeline.engine import Engine, Output, Report
 from pipeline.io.chunk import Chunk
+from pipeline.io.health import SourceHealth
 from pipeline.io.journal import VerdictJournal
-from pipeline.io.kafka import SourceHealth
 from pipeline.io.lifecycle import STOP, failpoint, snapshot_taken
 from pipeline.model import DeadLetter, DecodeError, Event
 
-# The judge's key for each total worker count: one whose hash Bytewax 0.21 routes to
-# worker 0, so the judge and everything it publishes (metrics, board) live in process 0
-# (tests/test_cluster.py checks this against the running engine).
-JUDGE_KEYS = {
-    1: "judge-0", 2: "judge-0", 3: "judge-0", 4: "judge-0", 5: "judge-3", 6: "judge-0", 7: "judge-1",
-    8: "judge-0", 9: "judge-2", 10: "judge-3", 11: "judge-1", 12: "judge-0", 13: "judge-2",
-    14: "judge-3", 15: "judge-43", 16: "judge-0", 17: "judge-29", 18: "judge-65", 19: "judge-9",
-    20: "judge-45", 21: "judge-1", 22: "judge-43", 23: "judge-3", 24: "judge-0", 25: "judge-7",
-    26: "judge-5", 27: "judge-11", 28: "judge-38", 29: "judge-19", 30: "judge-43", 31: "judge-52",
-    32: "judge-0",
-}
-MAX_WORKERS = max(JUDGE_KEYS)
+Flow = Dataflow  # what build_flow returns, for modules that must not import Bytewax themselves
+MAX_WORKERS = 32  # processes x threads per process a run may have in total
+_JUDGE_KEY_PREFIX = "judge-"
+_MASK64 = (1 << 64) - 1
+
+
+def _rotl(x: int, bits: int) -> int:
+    return ((x << bits) | (x >> (64 - bits))) & _MASK64
+
+
+def _siphash13(data: bytes) -> int:
+    """SipHash-1-3 with the zero key: Rust's `std::collections::hash_map::DefaultHasher::new()`."""
+    v0, v1, v2, v3 = 0x736F6D6570736575, 0x646F72616E646F6D, 0x6C7967656E657261, 0x7465646279746573
+
+    def sip_round() -> None:
+        nonlocal v0, v1, v2, v3
+        v0 = (v0 + v1) & _MASK64
+        v1 = _rotl(v1, 13) ^ v0
+        v0 = _rotl(v0, 32)
+        v2 = (v2 + v3) & _MASK64
+        v3 = _rotl(v3, 16) ^ v2
+        v0 = (v0 + v3) & _MASK64
+        v3 = _rotl(v3, 21) ^ v0
+        v2 = (v2 + v1) & _MASK64
+        v1 = _rotl(v1, 17) ^ v2
+        v2 = _rotl(v2, 32)
+
+    whole = len(data) - len(data) % 8
+    for i in range(0, whole, 8):
+        m = int.from_bytes(data[i:i + 8], "little")
+        v3 ^= m
+        sip_round()
+        v0 ^= m
+    last = ((len(data) & 0xFF) << 56) | int.from_bytes(data[whole:], "little")
+    v3 ^= last
+    sip_round()
+    v0 ^= last
+    v2 ^= 0xFF
+    for _ in range(3):
+        sip_round()
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def worker_of(key: str, workers: int) -> int:
+    """The worker (0-based, over all processes) Bytewax 0.21 gives a stateful step's `key`.
+
+    Bytewax's `stateful_batch` (src/operators.rs, `partition` in src/timely.rs)
+    hashes the key, a Rust `String`, with `BuildHasherDefault<DefaultHasher>`
+    and takes the hash modulo the worker count as an index into the sorted
+    worker indices.  `DefaultHasher` is SipHash-1-3 with a zero key, and a
+    `str` is hashed as its UTF-8 bytes followed by one 0xFF byte, so the
+    placement is the same in every process and every run.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return _siphash13(key.encode() + b"\xff") % workers
+
+
+def judge_key(workers: int) -> str:
+    """The judge's key for `workers` in total: the first `judge-<i>` Bytewax places on worker 0.
+
+    Worker 0 is in process 0, so the judge and everything it publishes
+    (metrics, board, verdict files) live there.  About one key in `workers`
+    qualifies, so the search is short; tests/test_cluster.py checks every
+    count 1..MAX_WORKERS against the running engine.
+    """
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"workers must be 1..{MAX_WORKERS} in total, got {workers}")
+    i = 0
+    while worker_of(f"{_JUDGE_KEY_PREFIX}{i}", workers) != 0:
+        i += 1
+    return f"{_JUDGE_KEY_PREFIX}{i}"
+
+
 TICK_S = 1.0  # how often a live run checks the idle rule
 
 
@@ -166,6 +228,43 @@ def _keep_origin(out: list[Output], chunk: Chunk) -> None:
                              timestamp_ms=chunk.timestamps[i], headers=tuple(headers or ()))
 
 
+def _decoder(cfg: Config) -> Callable[[Chunk], Decoded]:
+    """Decode a chunk and summarise it per window, on the worker that read it."""
+    max_bytes = cfg.limits.max_event_bytes
+    size = cfg.windows.size_s
+    variants = (cfg.control, cfg.canary)
+
+    def decode(chunk: Chunk) -> Decoded:
+        items = decode_batch(chunk.lines, max_bytes)
+        partial = summarize(items, size, variants)
+        if partial is None:
+            return Decoded(items, None, chunk, max_bytes)
+        return Decoded(None, partial, chunk, max_bytes)
+
+    return decode
+
+
+def _judge_builder(cfg: Config, parts: tuple[str, ...], *, control: StageControl | None,
+                   clock: Callable[[], float] | None, health: SourceHealth | None,
+                   on_resume: Callable[[list[str]], None] | None,
+                   journal: VerdictJournal | None) -> Callable[[Engine | None], _JudgeLogic]:
+    """The judge's state builder: a new Engine, or the snapshot's adopting `cfg` (see `build_flow`)."""
+    def build(resume: Engine | None) -> _JudgeLogic:
+        engine = resume if resume is not None else Engine(cfg, parts)
+        emitted = (journal.emitted_after(engine.closed_through(), cfg.windows.size_s)
+                   if journal is not None else [])
+        if resume is not None or emitted:
+            stage = control.stage if control is not None else cfg.stage
+            notes = engine.reconfigure(cfg.with_stage(stage), parts, emitted)
+            if resume is None:
+                notes.insert(0, "no snapshot yet: reading from the start")
+            if on_resume is not None:
+                on_resume(notes)
+        return _JudgeLogic(engine, control, clock, health, journal)
+
+    return build
+
+
 def build_flow(cfg: Config, source: Source[Chunk], sinks: Sinks, *,
                partitions: Iterable[str] = ("0",), control: StageControl | None = None,
                clock: Callable[[], float] | None = None, health: SourceHealth | None = None,
@@ -179,38 +278,13 @@ def build_flow(cfg: Config, source: Source[Chunk], sinks: Sinks, *,
     `journal` (recovery runs), windows an earlier run emitted after that
     snapshot are made again under the config they were first judged under.
     """
-    if not 1 <= workers <= MAX_WORKERS:
-        raise ValueError(f"workers must be 1..{MAX_WORKERS} in total, got {workers}")
-    judge_key = JUDGE_KEYS[workers]
-    max_bytes = cfg.limits.max_event_bytes
-    parts = tuple(partitions)
-
-    size = cfg.windows.size_s
-    variants = (cfg.control, cfg.canary)
-
-    def decode(chunk: Chunk) -> Decoded:
-        items = decode_batch(chunk.lines, max_bytes)
-        partial = summarize(items, size, variants)
-        if partial is None:
-            return Decoded(items, None, chunk, max_bytes)
-        return Decoded(None, partial, chunk, max_bytes)
-
-    def build(resume: Engine | None) -> _JudgeLogic:
-        engine = resume if resume is not None else Engine(cfg, parts)
-        emitted = journal.emitted_after(engine.closed_through(), size) if journal is not None else []
-        if resume is not None or emitted:
-            stage = control.stage if control is not None else cfg.stage
-            notes = engine.reconfigure(cfg.with_stage(stage), parts, emitted)
-            if resume is None:
-                notes.insert(0, "no snapshot yet: reading from the start")
-            if on_resume is not None:
-                on_resume(notes)
-        return _JudgeLogic(engine, control, clock, health, journal)
-
+    key = judge_key(workers)
+    build = _judge_builder(cfg, tuple(partitions), control=control, clock=clock, health=health,
+                           on_resume=on_resume, journal=journal)
     flow = Dataflow("canary_gate")
     chunks = op.input("source", flow, source)
-    decoded = op.map("decode", chunks, decode)
-    keyed = op.key_on("one_clock", decoded, lambda _: judge_key)
+    decoded = op.map("decode", chunks, _decoder(cfg))
+    keyed = op.key_on("one_clock", decoded, lambda _: key)
     judged = op.stateful("judge", keyed, build)
     split = op.branch("split", judged, lambda kv: isinstance(kv[1], Report))
     for i, sink in enumerate(sinks.verdicts):

@@ -18,36 +18,12 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.decode import rules
 from pipeline.model import Event
 
-# Column -> dtype, in Event's field order (raw aside), then `row`.
+# Column -> dtype, in Event's field order (raw aside), then `row`; each dtype from the field's rule.
 SCHEMA: dict[str, pl.DataType] = {
-    "ts": pl.Float64(),
-    "route": pl.Categorical(),
-    "variant": pl.Categorical(),
-    "sticky": pl.String(),
-    "region": pl.Categorical(),
-    "cold_start": pl.Boolean(),
-    "x_warm": pl.Boolean(),
-    "request_id": pl.String(),
-    "tffb": pl.Float64(),
-    "tusable": pl.Float64(),
-    "tfinal": pl.Float64(),
-    "status": pl.Int64(),
-    "failure_phase": pl.Categorical(),
-    "has_retrieval": pl.Boolean(),
-    "index_hash": pl.Categorical(),
-    "metric": pl.Categorical(),
-    "analyzer": pl.Categorical(),
-    "delta_s": pl.Float64(),
-    "coverage": pl.Float64(),
-    "lambda_state": pl.Int8(),
-    "probe_question": pl.Categorical(),
-    "probe_topic": pl.Categorical(),
-    "probe_paraphrase": pl.Int64(),
-    "probe_seed": pl.Int64(),
-    "cache_prefix": pl.Categorical(),
-    "cache_hit": pl.Boolean(),
+    **{name: rules.FRAME_DTYPES[name] for name in Event.__struct_fields__ if name != "raw"},
     "row": pl.Int64(),
 }
 EVENT_COLUMNS = tuple(SCHEMA)[:-1]  # Event's fields without raw

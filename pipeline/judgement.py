@@ -4,7 +4,8 @@ The engine (stream and replay) and `replay.rejudge` (what-if thresholds) hand
 every closed window to a `Judgement`, which turns it into the verdict:
 
 * the sequential evidence of the ratio and rate gates takes the window
-  (evidence.py), then every gate is judged over the horizon (gates.judge);
+  (evidence.py, fed what each gate's declaration says a window adds), then
+  every gate of the registry is judged over the horizon (gates.judge);
 * the promotion clock: `promote` needs every verdict clean for `sustain_s`;
 * the stop latch: once a verdict of the stage says `stop`, every later one
   at that stage does too, its reasons naming the first stop, until the stage

@@ -134,3 +134,48 @@ def poll_metrics(port: int, done, timeout: float = 60) -> str:  # type: ignore[n
         if done(body):
             break
     return body
+
+
+# Modules whose tests run canary-gate in a subprocess or need a broker, Prometheus or a
+# browser, and do not mark themselves yet: every test in them counts as `integration`
+# (`make unit` leaves them out; `make test` runs everything).  A module can instead set
+# `pytestmark = pytest.mark.integration`, or mark single tests, and leave this list.
+INTEGRATION_MODULES = frozenset({
+    "test_alerts", "test_bench", "test_controllers", "test_dashboards", "test_files", "test_outputs",
+    "test_prometheus", "test_recovery", "test_reliability", "test_replay", "test_report",
+})
+INTEGRATION_TESTS = frozenset({  # single tests of otherwise pure modules
+    "test_compose::test_a_real_broker_with_the_compose_listeners_advertises_each_to_its_clients",
+    "test_compose::test_the_image_installs_runtime_dependencies_only",
+})
+
+
+# Pure tests that take seconds each (property searches, floods, whole-scenario flows), not
+# yet marked `slow` in their modules: `make unit` leaves them to `make test`.
+SLOW_TESTS = frozenset({
+    "test_archive::test_any_typed_row_reads_as_the_codec_decodes_its_json",
+    "test_cardinality::test_flood_costs_state_bounded_by_the_caps_not_by_distinct_values",
+    "test_cardinality::test_flood_judges_alike_on_every_path",
+    "test_cardinality::test_flood_keeps_series_under_the_bound_and_counts_every_fold",
+    "test_cardinality::test_flood_of_other_variants_leaves_the_control_and_canary_alone",
+    "test_hostile::test_far_future_and_past_events_open_no_window_and_grow_no_state",
+    "test_hostile::test_hostile_messages_are_dead_letters_and_verdicts_do_not_move",
+    "test_partial::test_partials_equal_event_by_event_for_any_chunking",
+    "test_reorder::test_reordering_within_lateness_changes_no_verdict",
+    "test_timelines::test_stream_timeline_is_the_recorded_one",
+    "test_timestamps::test_any_timestamp_reads_alike",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark INTEGRATION_MODULES, INTEGRATION_TESTS and broker tests `integration`; SLOW_TESTS `slow`."""
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        module = item.module.__name__
+        name = f"{module}::{item.originalname}"
+        broker = "kafka_bootstrap" in item.fixturenames
+        if module in INTEGRATION_MODULES or name in INTEGRATION_TESTS or broker:
+            item.add_marker(pytest.mark.integration)
+        if name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

@@ -23,7 +23,7 @@ from pipeline import cli, scenarios
 from pipeline import frame as frames
 from pipeline.decode import codec
 from pipeline.model import DeadLetterReason, DecodeError, Event
-from pipeline.replay import archive
+from pipeline.replay import archive, parquet
 from pipeline.replay.archive import ArchiveError, Batch, open_archives, write_parquet
 
 MINUTES = 6
@@ -568,7 +568,7 @@ def test_rows_are_written_as_json_alike_column_wise_and_row_by_row(tmp_path: Pat
         for b in open_archives([str(tmp_path / name)]):
             rows = list(range(len(b.frame) + len(b.dead)))
             lookup = b._lookup
-            assert isinstance(lookup, archive._RowLookup)
+            assert isinstance(lookup, parquet._RowLookup)
             typed = stored_typed_rows(tmp_path / name)
             assert b.raws(typed) == [m for m, _ in lookup.typed(typed)]
             some = rows[::-37]

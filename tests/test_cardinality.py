@@ -5,8 +5,10 @@ route, sticky key, INDEX_HASH, metric, analyzer, cache prefix and (on probes)
 topic and question id, with every status 100..599 and random paraphrase and
 seed numbers; half arrive before the first real event, half mixed into a
 healthy control/canary stream.  Through `Engine.feed` and through the
-decode-side summaries (`summarize` + `Engine.feed_partial`), with every output
-observed by `CanaryCollector` and rendered by `prometheus_client`:
+decode-side summaries (`summarize` + `Engine.feed_partial`) and through replay's
+column-wise summaries (`summarize_frame`, driven by `replay.run.Replayer` over
+frames of the same events), with every output observed by `CanaryCollector`
+and rendered by `prometheus_client`:
 
 * the exposed series stay under a bound computed from limits.max_label_values,
   far below what the flood's raw values would give;
@@ -16,7 +18,8 @@ observed by `CanaryCollector` and rendered by `prometheus_client`:
   equals that of the healthy stream alone;
 * pickled state: 100k distinct values cost no more than 1k distinct values
   plus what the caps can hold; RSS grows by less than 200 MB;
-* sticky keys are tracked up to the cap and the rest counted.
+* sticky keys are tracked up to the cap and the rest counted;
+* the three paths give the same verdicts, the same exposition and the same caps.
 """
 
 from __future__ import annotations
@@ -36,13 +39,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import config as config_mod
-from pipeline import scenarios
+from pipeline import frame, scenarios
 from pipeline.aggregate.partial import summarize
 from pipeline.aggregate.stats import LABEL_KINDS, OTHER, PHASES, LabelCaps
 from pipeline.decode import codec
 from pipeline.engine import INDEX_COMBOS_MAX, QUANTILES, STICKY_KEYS_MAX, Engine, Output, Report
 from pipeline.io.metrics import CanaryCollector
 from pipeline.model import DeadLetter, Event
+from pipeline.replay.run import Replayer
 
 CFG = config_mod.parse(scenarios.scenario_config("healthy"))
 L = CFG.limits.max_label_values
@@ -110,9 +114,14 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+REPLAY_BATCH = 20_000  # rows per replay batch: big enough for the column-wise summaries to be used
+
+
 def _feed(events: list[Event], path: str, chunk: int = 2000,
           cfg: config_mod.Config = CFG) -> tuple[list[Output], Engine, int]:
-    """All outputs, the engine before close() (open windows included) pickled, and the RSS peak growth."""
+    """All outputs, the engine before close() (open windows included), and the RSS peak growth."""
+    if path == "replay":
+        return _replay(events, cfg, REPLAY_BATCH if chunk == 2000 else chunk)
     engine = Engine(cfg)
     out: list[Output] = []
     base = peak = _rss()
@@ -124,6 +133,20 @@ def _feed(events: list[Event], path: str, chunk: int = 2000,
                 else engine.feed_partial(summary, "0", lambda part=part: part))
         peak = max(peak, _rss())
     return out, engine, peak - base
+
+
+def _replay(events: list[Event], cfg: config_mod.Config, chunk: int) -> tuple[list[Output], Engine, int]:
+    """`_feed` through replay: frames of `chunk` events, summarised column-wise where they fit."""
+    replayer = Replayer(cfg, keep=False)
+    out: list[Output] = []
+    base = peak = _rss()
+    for i in range(0, len(events), chunk):
+        batch = frame.from_events(events[i : i + chunk], range(i, min(i + chunk, len(events))))
+        out += replayer.feed(batch, [], "flood", lambda rows: [b""] * len(rows))
+        peak = max(peak, _rss())
+    if len(events) > 4 * chunk:  # the column-wise summaries were used, not only the event-by-event fallback
+        assert replayer.summarized > len(events) // 2, (replayer.summarized, replayer.one_by_one)
+    return out, replayer.engine, peak - base
 
 
 @functools.cache
@@ -253,7 +276,7 @@ def expected_folds(events: list[Event], cfg: config_mod.Config = CFG) -> Counter
 
 
 # -- tests ---------------------------------------------------------------------------------------
-PATHS = ["feed", "partial"]
+PATHS = ["feed", "partial", "replay"]
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -316,9 +339,10 @@ def test_flood_of_other_variants_leaves_the_control_and_canary_alone(path: str) 
     assert len(mine) > 50 and mine == theirs
 
 
-def test_flood_costs_state_bounded_by_the_caps_not_by_distinct_values() -> None:
-    _, many, many_size, _ = _run("feed", FLOOD)
-    _, few, few_size, _ = _run("feed", 1000)
+@pytest.mark.parametrize("path", PATHS)
+def test_flood_costs_state_bounded_by_the_caps_not_by_distinct_values(path: str) -> None:
+    _, many, many_size, _ = _run(path, FLOOD)
+    _, few, few_size, _ = _run(path, 1000)
     # Each value a cap keeps costs at most ~256 bytes pickled (its string in LabelCaps and a few
     # counter keys); the caps hold at most this many values beyond the reserved ones:
     room = sum(few.caps.cap(k) for k in LABEL_KINDS)
@@ -378,7 +402,7 @@ def test_label_admission_with_two_contexts_does_not_depend_on_batching() -> None
             replace(base, ts=t + 4, variant=CFG.control, region="late-comer", request_id=None)]
     runs = []
     for path, chunk in (("feed", 1), ("feed", 2), ("feed", 100), ("partial", 1), ("partial", 3),
-                        ("partial", 100)):
+                        ("partial", 100), ("replay", 3), ("replay", 100)):
         out, engine, _ = _feed(evs, path, chunk, cfg)
         out += engine.close()
         (report,) = [o for o in out if isinstance(o, Report)]
@@ -388,6 +412,25 @@ def test_label_admission_with_two_contexts_does_not_depend_on_batching() -> None
     user = runs[0]["user"]
     assert user[("other-b", OTHER)] == 2  # the share (2 of 4) went to r0, r1
     assert user[(CFG.canary, "late-comer")] == 1 and user[(CFG.control, "late-comer")] == 1
+
+
+def test_flood_judges_alike_on_every_path() -> None:
+    """Stream (event by event, chunk summaries) and replay (column-wise summaries): same verdicts, same
+    exposition (every series, folded-event counts included), same label caps, same horizon."""
+    runs = {path: _run(path, FLOOD) for path in PATHS}
+    feed_out, feed_engine, _, _ = runs["feed"]
+    def text(out: list[Output]) -> list[str]:
+        # Index combinations export the INDEX_COMBOS_MAX most requested; ties among the flood's (one
+        # request each) go by counter order, which differs by path.  The horizon compares them all.
+        return [line for line in _exposition(out).splitlines()
+                if not line.startswith("canary_gate_index_requests{")]
+
+    want = text(feed_out)
+    for path, (out, engine, _, _) in runs.items():
+        assert _verdicts(out) == _verdicts(feed_out), path
+        assert text(out) == want, path
+        assert engine.caps.kinds == feed_engine.caps.kinds, path
+        assert engine.horizon.snapshot() == feed_engine.horizon.snapshot(), path
 
 
 # -- sticky keys ----------------------------------------------------------------------------------

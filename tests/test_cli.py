@@ -29,6 +29,7 @@ def config_file(tmp_path: Path) -> Path:
     return p
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("extra", "key"),
     [("[thresholds]\nbogus = 1\n", "thresholds.bogus"),
@@ -45,6 +46,7 @@ def test_bad_config_exits_2_with_one_line_naming_the_key(tmp_path: Path, extra: 
         assert len(err.splitlines()) == 1 and key in err and "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_bad_stage_exits_2(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text(BASE_TOML.replace('stage = "50%"', 'stage = "3%"'))
@@ -68,6 +70,7 @@ def test_check_config_prints_effective_settings(config_file: Path,
     assert eff["rollout"]["stage"] == "50%"
 
 
+@pytest.mark.integration
 def test_generate_then_run_gz_file_end_to_end(tmp_path: Path) -> None:
     stream, cfg = tmp_path / "s.jsonl.gz", tmp_path / "s.toml"
     res = _cli("generate", "--scenario", "schema_violations", "--seed", "2", "--minutes", "15",
@@ -90,6 +93,7 @@ def test_generate_then_run_gz_file_end_to_end(tmp_path: Path) -> None:
     assert len(summary) == 1 and "15 verdicts" in summary[0] and "dead letters" in summary[0]
 
 
+@pytest.mark.integration
 def test_stdin_to_stdout(config_file: Path) -> None:
     data = b"\n".join(scenarios.generate("healthy", 1, 3)) + b"\nnot json\n"
     res = _cli("run", "--config", str(config_file), "--source", "-", "--dead-letters",
@@ -101,6 +105,7 @@ def test_stdin_to_stdout(config_file: Path) -> None:
     assert dead["reason"] == "invalid_json" and dead["line"] == "not json"
 
 
+@pytest.mark.integration
 def test_replay_reads_several_archives_as_one_stream(tmp_path: Path, config_file: Path) -> None:
     lines = list(scenarios.generate("healthy", 3, 4))
     (tmp_path / "a.jsonl").write_bytes(b"\n".join(lines[:2000]) + b"\n")
@@ -126,6 +131,7 @@ def test_bundled_example_is_consistent() -> None:
     assert first["variant"] in ("control", "canary-v2")
 
 
+@pytest.mark.integration
 def test_sighup_rereads_the_stage(tmp_path: Path) -> None:
     import signal
     import time
@@ -171,6 +177,7 @@ def test_sighup_rereads_the_stage(tmp_path: Path) -> None:
     assert stages[-1] == "100%" and stages == sorted(stages, key=lambda s: s != "50%")
 
 
+@pytest.mark.integration
 def test_runtime_failure_is_one_line_exit_1() -> None:
     res = _cli("run", "--config", "examples/rollout.toml", "--source", "examples/telemetry.jsonl.gz",
                "--verdicts", "/dev/full")
@@ -179,6 +186,7 @@ def test_runtime_failure_is_one_line_exit_1() -> None:
     assert err == ["canary-gate: run failed: --verdicts /dev/full: No space left on device"]
 
 
+@pytest.mark.integration
 def test_unwritable_outputs_and_bad_gzip_exit_2(tmp_path: Path, config_file: Path) -> None:
     bad_gz = tmp_path / "x.jsonl.gz"
     bad_gz.write_bytes(b"not gzip at all")
@@ -192,6 +200,7 @@ def test_unwritable_outputs_and_bad_gzip_exit_2(tmp_path: Path, config_file: Pat
     assert res.returncode in (1, 2) and len(res.stderr.decode().strip().splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_version_prints_the_package_version() -> None:
     from importlib.metadata import version
 
@@ -202,6 +211,7 @@ def test_version_prints_the_package_version() -> None:
     assert f'\nversion = "{version("canary-gate")}"\n' in pyproject  # metadata matches pyproject
 
 
+@pytest.mark.integration
 def test_no_command_prints_the_help_on_stdout_and_exits_0() -> None:
     res = _cli()
     assert res.returncode == 0, res.stderr
@@ -250,3 +260,55 @@ def test_version_of_an_uninstalled_tree_says_so(monkeypatch: pytest.MonkeyPatch,
         main(["--version"])
     assert stop.value.code == 0
     assert capsys.readouterr().out == "canary-gate unknown (not installed)\n"
+
+
+RUNTIME_PACKAGES = ("bytewax", "confluent_kafka", "prometheus_client")
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level packages a module imports, type-only imports included."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_only_the_dataflow_module_and_the_adapters_import_the_runtimes() -> None:
+    """Pure core, I/O at the edge: the runtimes are imported by pipeline/flow.py and pipeline/io/ only."""
+    pipeline = ROOT / "pipeline"
+    offenders = {str(path.relative_to(ROOT)): sorted(_imports(path) & set(RUNTIME_PACKAGES))
+                 for path in pipeline.rglob("*.py")
+                 if path != pipeline / "flow.py" and (pipeline / "io") not in path.parents}
+    assert {name: found for name, found in offenders.items() if found} == {}
+
+
+def test_loading_the_command_line_loads_no_runtime() -> None:
+    """`run` installs its signal handlers before Bytewax is loaded: importing the CLI must not load it."""
+    res = subprocess.run(
+        [sys.executable, "-c", "import sys, pipeline.cli; "
+         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({RUNTIME_PACKAGES!r})))"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+@pytest.mark.integration
+def test_a_file_run_never_loads_the_kafka_client(tmp_path: Path, config_file: Path) -> None:
+    source = tmp_path / "s.jsonl"
+    source.write_bytes(b"\n".join(scenarios.generate("healthy", 1, 2)) + b"\n")
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pipeline.cli", "run", "--config", str(config_file),
+         "--source", str(source), "--verdicts", str(tmp_path / "v.jsonl"), "--board", "off",
+         "--metrics-port", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines()
+              if line.startswith("import time:")}
+    assert "bytewax" in loaded  # the run really ran the dataflow
+    assert not {m for m in loaded if m.split(".")[0] == "confluent_kafka"}
+    assert "events in" in res.stderr.splitlines()[-1]

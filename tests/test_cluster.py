@@ -8,11 +8,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import bytewax.operators as op
 import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.testing import TestingSource, cluster_main
 from conftest import ROOT, free_port, poll_metrics, start_run
 
 from pipeline import scenarios
+from pipeline.flow import MAX_WORKERS, judge_key, worker_of
 
 VERDICTS = re.compile(r'^canary_gate_verdicts_total\{rollout="[^"]+"\} [1-9]', re.M)
 CONSUMED = re.compile(r'^canary_gate_partition_events_consumed_total\{partition="(\d)"\} [1-9]', re.M)
@@ -30,6 +36,54 @@ def _generate(kafka_bootstrap: str, topic: str, scenario: str, minutes: int) -> 
     assert res.returncode == 0, res.stderr
 
 
+class _Placement(DynamicSink[tuple[str, str]]):
+    """Records the worker each (key, value) reaches the sink on."""
+
+    def __init__(self) -> None:
+        self.worker: dict[str, int] = {}
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition[Any]:
+        placement = self
+
+        class _Part(StatelessSinkPartition[tuple[str, str]]):
+            def write_batch(self, items: list[tuple[str, str]]) -> None:
+                for key, _ in items:
+                    placement.worker[key] = worker_index
+
+        return _Part()
+
+
+def test_the_judge_key_lands_on_worker_zero_for_every_worker_count() -> None:
+    """Bytewax itself places each key where `worker_of` says, for every count 1..MAX_WORKERS.
+
+    One in-process run per worker count (threads): a stateful step keeps each key
+    on its worker, and the sink after it records where the key arrived.
+    """
+    assert MAX_WORKERS == 32
+    for workers in range(1, MAX_WORKERS + 1):
+        keys = sorted({judge_key(workers), *(f"judge-{i}" for i in range(24)), "", "ü-é", "x" * 40})
+        flow = Dataflow("placement")
+        keyed = op.key_on("key", op.input("keys", flow, TestingSource(keys)), lambda k: k)
+        placed = op.stateful_map("place", keyed, lambda state, value: (None, value))
+        sink = _Placement()
+        op.output("where", placed, sink)
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
+        assert sink.worker == {k: worker_of(k, workers) for k in keys}, workers
+        assert sink.worker[judge_key(workers)] == 0
+
+
+def test_judge_keys_are_the_first_of_their_kind_and_counts_are_bounded() -> None:
+    for workers in range(1, MAX_WORKERS + 1):
+        key = judge_key(workers)
+        assert key.startswith("judge-")
+        assert all(worker_of(f"judge-{i}", workers) != 0 for i in range(int(key.removeprefix("judge-"))))
+    assert judge_key(1) == "judge-0" and judge_key(5) == "judge-3" and judge_key(31) == "judge-52"
+    for bad in (0, MAX_WORKERS + 1):
+        with pytest.raises(ValueError, match=f"1..{MAX_WORKERS}"):
+            judge_key(bad)
+
+
+@pytest.mark.integration
 def test_two_processes_judge_a_file_like_one(tmp_path: Path) -> None:
     source = tmp_path / "s.jsonl"
     source.write_bytes(b"\n".join(scenarios.generate("schema_violations", 2, 8)) + b"\n")
@@ -83,6 +137,7 @@ def test_judge_and_metrics_live_in_process_zero(kafka_bootstrap: str, tmp_path: 
     assert proc.returncode == 0, err
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("args", "message"),
     [

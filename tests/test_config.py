@@ -46,6 +46,9 @@ def test_minimal_config_uses_window_defaults() -> None:
         ("[thresholds]\nlatency_ratio_max = \"high\"\n", "thresholds.latency_ratio_max"),
         ("[thresholds]\nmin_warm_requests = 2.5\n", "thresholds.min_warm_requests"),
         ("[thresholds]\nmin_warm_requests = true\n", "thresholds.min_warm_requests"),
+        # a minimum sample of 0 would judge a variant without requests (0/0)
+        ("[thresholds]\nmin_warm_requests = 0\n", "thresholds.min_warm_requests"),
+        ("[thresholds]\nmin_probe_events = 0\n", "thresholds.min_probe_events"),
         ("[thresholds]\nlatency_field = \"ttfb\"\n", "thresholds.latency_field"),
         ("[thresholds]\nlatency_quantile = 1.5\n", "thresholds.latency_quantile"),
         ("[thresholds]\nalpha = 0\n", "thresholds.alpha"),

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
+from pathlib import Path
 
 from conftest import BASE_TS, make_config, make_event, make_probe
 from msgspec.structs import replace
 
-from pipeline.engine import Engine, Report, StickyTracker
-from pipeline.model import DeadLetter, DeadLetterReason, Decision, DecodeError, format_time
+from pipeline import config as config_mod
+from pipeline import scenarios
+from pipeline.aggregate.partial import summarize
+from pipeline.aggregate.sticky import StickyTracker
+from pipeline.decode.codec import decode_batch
+from pipeline.engine import Engine, Report
+from pipeline.model import DeadLetter, DeadLetterReason, Decision, DecodeError, Event, format_time
 
 
 def _reports(outs: list) -> list[Report]:
@@ -305,3 +312,81 @@ def test_an_event_far_behind_before_the_clock_started_is_late() -> None:
     assert sorted(eng.open) == [int((BASE_TS + 5) // 60)]
     # within the horizon it is still an event: the watermark is unknown, its window is open
     assert not _dead(eng.feed([make_event(ts=BASE_TS - 300)], partition="b"))
+
+
+# -- recovery snapshots of an earlier layout ------------------------------------------------------
+
+V1_SNAPSHOT = Path(__file__).parent / "golden" / "engine-v1.pickle"
+RESUME_CHUNK = 200
+RESUME_CUT = 31  # chunks fed before the v1 snapshot was taken
+
+
+def _resume_config() -> config_mod.Config:
+    """out_of_order under tight limits, so the snapshot holds overflowing id sets and sticky keys."""
+    extra = "\n[limits]\ndedupe_max_ids = 400\nmax_sticky_keys = 300\n"
+    return config_mod.parse(scenarios.scenario_config("out_of_order") + extra)
+
+
+def _resume_steps() -> list[Callable[[Engine], list]]:
+    """A live run over two partitions: feed and feed_partial, garbage, idleness, an outage, ends.
+
+    Deterministic, so the engine pickled after RESUME_CUT steps (tests/golden/engine-v1.pickle,
+    recorded with the engine's first pickled layout; never re-record it) resumes at step
+    RESUME_CUT of the same list.
+    """
+    cfg = _resume_config()
+    lines = list(scenarios.generate("out_of_order", 7, 16))
+    for at in range(0, len(lines), 997):  # decode errors among the events, one before any event
+        lines.insert(at, b'{"variant":"control","ts":')
+    steps: list[Callable[[Engine], list]] = []
+    for k, start in enumerate(range(0, len(lines), RESUME_CHUNK)):
+        items = decode_batch(lines[start:start + RESUME_CHUNK])
+        times = [x.ts for x in items if isinstance(x, Event)]
+        now = (max(times) if times else BASE_TS) + 2.0
+        partition = "0" if k % 2 or 20 <= k < 28 else "1"  # "1" falls silent long enough to idle
+
+        def step(eng: Engine, k: int = k, items: list = items, partition: str = partition,
+                 now: float = now) -> list:
+            out = []
+            if k == 10:
+                eng.source_state("1", down=True, now=now)
+            if k == 13:
+                eng.source_state("1", down=False, now=now)
+            part = summarize(items, cfg.windows.size_s, (cfg.control, cfg.canary)) if k % 3 else None
+            if part is None:
+                out += eng.feed(items, partition, lambda i: f"chunk{k}:{i}", now)
+            else:
+                out += eng.feed_partial(part, partition, lambda: items, lambda i: f"chunk{k}:{i}", now)
+            out += eng.tick(now + 1.0)
+            if k == 55:
+                out += eng.end_partition("1")
+            return out
+
+        steps.append(step)
+    steps.append(lambda eng: eng.close())
+    return steps
+
+
+def _records(outs: list) -> list[dict]:
+    return [o.verdict.to_record() | {"totals": o.totals} if isinstance(o, Report) else o.to_record()
+            for o in outs]
+
+
+def record_v1_snapshot() -> None:
+    """Write the v1 snapshot (run once, with the engine of that layout)."""
+    eng = Engine(_resume_config(), ("0", "1"))
+    for step in _resume_steps()[:RESUME_CUT]:
+        step(eng)
+    V1_SNAPSHOT.write_bytes(pickle.dumps(eng))
+
+
+def test_a_snapshot_of_the_first_pickled_layout_resumes_as_if_never_stopped() -> None:
+    steps = _resume_steps()
+    whole = Engine(_resume_config(), ("0", "1"))
+    for step in steps[:RESUME_CUT]:
+        step(whole)
+    expected = _records([o for step in steps[RESUME_CUT:] for o in step(whole)])
+    resumed: Engine = pickle.loads(V1_SNAPSHOT.read_bytes())  # our own fixture
+    got = _records([o for step in steps[RESUME_CUT:] for o in step(resumed)])
+    assert len([r for r in expected if "window_end" in r]) >= 8
+    assert got == expected

@@ -397,3 +397,9 @@ def test_verdicts_re_emitted_after_a_crash_are_the_same_messages(kafka_bootstrap
     resource = ConfigResource(ResourceType.TOPIC, verdict_topic)
     described = admin.describe_configs([resource])[resource].result(timeout=30)
     assert described["retention.ms"].value == "-1"
+
+
+def test_a_generated_line_is_produced_keyed_by_its_sticky() -> None:
+    line = b'{"ts": "2025-08-27T06:00:00Z", "sticky": "s-42", "variant": "control"}'
+    assert kio.telemetry_message(line) == (b"s-42", line, [], None)
+    assert kio.telemetry_message(b'{"variant": "control"}') == (None, b'{"variant": "control"}', [], None)

@@ -15,6 +15,8 @@ from conftest import ROOT
 
 from pipeline import scenarios
 
+pytestmark = pytest.mark.integration  # every test signals a `canary-gate run` subprocess
+
 CONFIG = scenarios.scenario_config("healthy")
 
 

@@ -1,1 +1,1 @@
-"""Window aggregates: latency sketches, label caps, per-window statistics and chunk summaries."""
+"""Window aggregates: counter families, latency sketches, label caps, window statistics, chunk summaries."""

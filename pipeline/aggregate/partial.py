@@ -22,23 +22,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.aggregate.stats import ADMITTED, ClosedWindow, LabelCaps, WindowStats, pack_latency
+from pipeline.aggregate.stats import ClosedWindow, WindowStats, pack_latency
 from pipeline.clock import windows_of
 from pipeline.dedupe import repeats_in_events
 from pipeline.model import DecodeError, Event
-
-
-class _RawLabels(LabelCaps):
-    """Caps that keep every value: a partial's labels are capped by the judge."""
-
-    def __init__(self) -> None:
-        super().__init__(0)
-
-    def admit(self, kind: str, value: str | None, limit: int | None = None) -> str | None:  # type: ignore[override]
-        return value
-
-
-_RAW = _RawLabels()
+from pipeline.population import ADMITTED, sticky_keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +62,6 @@ class Partial:
 
 _TS = attrgetter("ts")
 _RID = attrgetter("request_id")
-_STICKY = attrgetter("variant", "sticky", "x_warm", "probe_question")
 
 
 def summarize(items: list[Event | DecodeError], size: float, variants: tuple[str, ...]) -> Partial | None:
@@ -100,17 +87,12 @@ def summarize(items: list[Event | DecodeError], size: float, variants: tuple[str
     parts: list[WindowPart] = []
     for wid, evs in groups:
         stats = WindowStats.new()
-        stats.add_many(evs, _RAW, latency=False)
-        users = [e for e in evs if not e.x_warm and e.probe_question is None]
+        users = stats.add_counts(evs, None)  # raw labels: the judge caps them
         keys, packed = pack_latency(users)
         closed = ClosedWindow({f: c for f, c in stats.c.items() if c}, keys, packed)
         rids = list(map(_RID, evs))
         ids = [r for r in rids if r is not None] if None in rids else rids
-        sticky: dict[str, list[str]] = {v: [] for v in variants}
-        for variant, key, ping, question in dict.fromkeys(map(_STICKY, evs)):
-            if not ping and question is None and variant in sticky:
-                sticky[variant].append(key)
-        parts.append(WindowPart(wid, closed, ids, sticky))
+        parts.append(WindowPart(wid, closed, ids, sticky_keys(users, variants)))
     labels = {kind: [v for v in dict.fromkeys(map(getter, events)) if v is not None]
               for kind, getter in ADMITTED}
     return Partial(ts, repeated, parts, labels, repeats)

@@ -2,10 +2,12 @@
 
 A `WindowStats` is built with `new`, fed with `add_many` (a micro-batch,
 aggregated column-wise) or `add` (one event), and combined with `merge` /
-`subtract`.  All
-non-latency statistics are integer counters keyed by small tuples, so a
-horizon is a running sum: merge the window that closes, subtract the one that
-falls out.  Latency lives in `Sketch`es (see sketch.py), which also subtract.
+`subtract`.  All non-latency statistics are integer counters keyed by small
+tuples (the families of families.py, which also says what an event adds to
+each), so a horizon is a running sum: merge the window that closes, subtract
+the one that falls out.  Latency lives in `Sketch`es (see sketch.py), which
+also subtract.  Which events count where, and which fields are labels, is
+population.py's.
 
 Memory bounds (per window, all from event content):
 * label values (variant, region, topic, prefix, INDEX_HASH, metric, analyzer)
@@ -31,71 +33,29 @@ from typing import Any, overload
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.aggregate.families import (
+    FAMILIES,
+    KEY_KINDS,
+    LATENCY_KEY,
+    PHASES,
+    POPULATION_AT,
+    LatencyKey,
+    Relabeled,
+    count_probes,
+    count_requests,
+    signatures,
+)
 from pipeline.aggregate.sketch import PackedSketches, Sketch
 from pipeline.config import Config
 from pipeline.model import Event
+from pipeline.population import ADMITTED, LABEL_KINDS, ROWS, USERS, label_row, probes_of, users_of
 
 OTHER = "other"
 QUESTION_CAP = 4096  # default of limits.max_question_ids
-PHASES = ("tffb", "tusable", "tfinal")
 PHASE_INDEX = {p: i for i, p in enumerate(PHASES)}
-
-# Counter families of a window; each maps a tuple (or str) key to a count.
-FAMILIES = (
-    "events",       # variant -> accepted events (x_warm and probes included)
-    "x_warm",       # (variant, region) -> warm-up pings
-    "user",         # (variant, region) -> user requests
-    "errors",       # (variant, region) -> user requests with status >= 500
-    "statuses",     # (variant, region, status) -> user requests
-    "classes",      # (variant, status, failure_phase or "none") -> 5xx user requests
-    "duplicates",   # variant -> events dropped as duplicate request_id
-    "dead",         # (variant or "", reason) -> dead letters
-    "probes",       # variant -> probe events
-    "delta_s",      # (variant, value) -> probe events
-    "coverage",     # (variant, topic, value) -> probe events
-    "lam",          # (variant, question, paraphrase, seed, state) -> probe events
-    "index_obs",    # (variant, region, INDEX_HASH, metric, analyzer) -> user requests with retrieval
-    "prefixes",     # (variant, prefix) -> user requests with a cache block
-    "cache",        # (variant, "n" | "hit") -> user requests with a cache block
-)
-
-_JUDGED: dict[str, bool] = {"judged": True}  # LabelCaps.admit context of the control's and canary's events
-_OTHERS: dict[str, bool] = {}  # ... and of other variants' (no keyword: partial.py's raw caps take none)
-LatencyKey = tuple[str, str, bool]  # variant, region, cold
 LamKey = tuple[str, str | None, int, int, int]  # variant, question, paraphrase, seed, λ state
-
-# Which label kind each position of a family's key holds (None: not a label).
-_KEY_KINDS: dict[str, tuple[str | None, ...]] = {
-    "events": ("variant",), "probes": ("variant",), "duplicates": ("variant",),
-    "x_warm": ("variant", "region"), "user": ("variant", "region"), "errors": ("variant", "region"),
-    "statuses": ("variant", "region", None), "classes": ("variant", None, None),
-    "dead": ("variant", None), "delta_s": ("variant", None), "coverage": ("variant", "topic", None),
-    "lam": ("variant", "question", None, None, None),
-    "index_obs": ("variant", "region", "index_hash", "metric", "analyzer"),
-    "prefixes": ("variant", "prefix"), "cache": ("variant", None),
-}
-
-# Everything an event contributes to the counters (latency aside), as one hashable
-# tuple; a window sees few distinct ones, so counting them is most of the work.
-_SIGNATURE = attrgetter("variant", "region", "x_warm", "probe_question", "status", "failure_phase",
-                        "has_retrieval", "index_hash", "metric", "analyzer", "cache_prefix", "cache_hit")
-_LATENCY_KEY = attrgetter("variant", "region", "cold_start")
-LABEL_KINDS = ("variant", "region", "index_hash", "metric", "analyzer", "prefix", "topic", "question")
-# All label values of an event, variant first; admission reads these rows (see LabelCaps).
-_LABEL_ROW = attrgetter("variant", "region", "index_hash", "metric", "analyzer", "cache_prefix",
-                        "probe_topic", "probe_question")
-ROWS = "rows"  # the entry of ADMITTED that lists whole label rows
-ADMITTED = (  # label kinds taken from events, and where each is read
-    ("variant", attrgetter("variant")), ("region", attrgetter("region")),
-    ("index_hash", attrgetter("index_hash")), ("metric", attrgetter("metric")),
-    ("analyzer", attrgetter("analyzer")), ("prefix", attrgetter("cache_prefix")),
-    ("topic", attrgetter("probe_topic")), ("question", attrgetter("probe_question")),
-    # Last: every distinct label row (variant, region, ..., question), so that a partial
-    # aggregate tells the judge which variant brought each value (partial.summarize lists
-    # the values of every entry here in order of first appearance).
-    (ROWS, _LABEL_ROW),
-)
-_LATENCIES = attrgetter("tffb", "tusable", "tfinal")
+_LATENCY_KEY = attrgetter(*LATENCY_KEY)
+_LATENCIES = attrgetter(*PHASES)
 
 
 class LabelCaps:
@@ -166,7 +126,7 @@ class LabelCaps:
 
     def admit_all(self, events: list[Event]) -> None:
         """Admit every label value of `events` in order of first appearance."""
-        self.admit_rows(dict.fromkeys(map(_LABEL_ROW, events)))
+        self.admit_rows(dict.fromkeys(map(label_row, events)))
 
     def admit_rows(self, rows: Iterable[tuple[str | None, ...]]) -> None:
         """Admit the values of label rows (variant first, kinds as LABEL_KINDS), in order."""
@@ -275,80 +235,42 @@ class WindowStats:
         """Fold one accepted, de-duplicated event in."""
         self.add_many([ev], caps)
 
-    def add_many(self, evs: list[Event], caps: LabelCaps, latency: bool = True) -> None:
-        """Fold a micro-batch of accepted, de-duplicated events in.
+    def add_many(self, evs: list[Event], caps: LabelCaps | None, latency: bool = True) -> None:
+        """Fold a micro-batch of accepted, de-duplicated events in (`caps` None: raw labels).
 
-        User requests are counted by their signature tuple (C-level
-        `Counter(map(attrgetter(...)))`), so the per-event Python work is a few
-        attribute reads; counters are then updated once per distinct
-        signature, and latencies go to the sketches in one numpy pass per
-        (variant, region, warm/cold).  Label values are admitted to the caps
-        in order of first appearance.  `latency=False` leaves the sketches out
-        (partial aggregates pack theirs with `pack_latency`).
+        Counters as `add_counts`; latencies go to the sketches in one numpy
+        pass per (variant, region, warm/cold).  `latency=False` leaves the
+        sketches out (partial aggregates pack theirs with `pack_latency`).
         """
+        users, capped = self._count(evs, caps)
+        if users and latency:
+            self._add_latency(users, capped)
+
+    def add_counts(self, evs: list[Event], caps: LabelCaps | None) -> list[Event]:
+        """Add a micro-batch to the counters (not the sketches); returns its user requests.
+
+        Events are counted by their signature tuple (families.signatures: a
+        C-level `Counter(map(attrgetter(...)))`), so the per-event Python work
+        is a few attribute reads; counters are then updated once per distinct
+        signature.  Label values are admitted to the caps in order of first
+        appearance.
+        """
+        return self._count(evs, caps)[0]
+
+    def _count(self, evs: list[Event], caps: LabelCaps | None) -> tuple[list[Event], Relabeled]:
+        """`add_counts`, also returning the labels given to each raw (variant, region)."""
         if not evs:
-            return
-        c = self.c
-        events, x_warm = c["events"], c["x_warm"]
-        user, statuses, errors, classes = c["user"], c["statuses"], c["errors"], c["classes"]
-        index_obs, prefixes, cache = c["index_obs"], c["prefixes"], c["cache"]
-        capped: dict[tuple[str, str], tuple[str, str]] = {}
-        admit, judged = caps.admit, caps.judged
-        probes = pings = 0
-        for sig, n in Counter(map(_SIGNATURE, evs)).items():
-            variant, region, ping, question, status, phase, has_r, ih, metric, analyzer, prefix, hit = sig
-            ctx = _JUDGED if variant in judged else _OTHERS  # which values this event may see
-            vr = capped.get((variant, region))
-            if vr is None:
-                vr = capped[(variant, region)] = (admit("variant", variant), admit("region", region, **ctx))
-            v = vr[0]
-            events[v] += n
-            if ping:
-                x_warm[vr] += n
-                pings += n
-                continue
-            if question is not None:
-                probes += n
-                continue
-            user[vr] += n
-            statuses[(*vr, status)] += n
-            if status >= 500:
-                errors[vr] += n
-                classes[(v, status, phase or "none")] += n
-            if has_r:
-                index_obs[(*vr, admit("index_hash", ih, **ctx), admit("metric", metric, **ctx),
-                           admit("analyzer", analyzer, **ctx))] += n
-            if prefix is not None:
-                prefixes[(v, admit("prefix", prefix, **ctx))] += n
-            if hit is not None:
-                cache[(v, "n")] += n
-                if hit:
-                    cache[(v, "hit")] += n
-        if pings or probes:
+            return [], {}
+        rows = signatures(evs)
+        capped = count_requests(self.c, rows, caps)
+        if any(row[POPULATION_AT] != USERS for row in rows):  # pings or probes among them
+            probes = probes_of(evs)
             if probes:
-                self._add_probes([e for e in evs if e.probe_question is not None and not e.x_warm],
-                                 capped, caps)
-            evs = [e for e in evs if not e.x_warm and e.probe_question is None]
-        if evs and latency:
-            self._add_latency(evs, capped)
+                count_probes(self.c, probes, caps, capped)
+            return users_of(evs), capped
+        return evs, capped
 
-    def _add_probes(self, probes: list[Event], capped: dict[tuple[str, str], tuple[str, str]],
-                    caps: LabelCaps) -> None:
-        c = self.c
-        for ev in probes:
-            v = capped[(ev.variant, ev.region)][0]
-            ctx = _JUDGED if ev.variant in caps.judged else _OTHERS
-            c["probes"][v] += 1
-            if ev.delta_s is not None:
-                c["delta_s"][(v, round(ev.delta_s, 4))] += 1
-            if ev.coverage is not None:
-                c["coverage"][(v, caps.admit("topic", ev.probe_topic, **ctx), round(ev.coverage, 4))] += 1
-            if ev.lambda_state >= 0:
-                q = caps.admit("question", ev.probe_question, **ctx)
-                c["lam"][caps.lam_key(ev.variant, (v, q, ev.probe_paraphrase, ev.probe_seed,
-                                                   ev.lambda_state))] += 1
-
-    def _add_latency(self, users: list[Event], capped: dict[tuple[str, str], tuple[str, str]]) -> None:
+    def _add_latency(self, users: list[Event], capped: Relabeled) -> None:
         codes: dict[tuple[str, str, bool], int] = {}
         index = np.fromiter((codes.setdefault(k, len(codes)) for k in map(_LATENCY_KEY, users)),
                             dtype=np.int64, count=len(users))
@@ -400,7 +322,7 @@ class WindowStats:
 
         for family, counter in other.c.items():
             mine = self.c[family]
-            layout = _KEY_KINDS[family]
+            layout = KEY_KINDS[family]
             if family == "lam":  # pooled as add_many pools them (LabelCaps.lam_key)
                 for (variant, q, para, seed, state), n in counter.items():
                     lam = (relabel("variant", variant, variant), relabel("question", q, variant),
@@ -538,3 +460,7 @@ class ClosedWindow:
                 counts = np.concatenate(([zero], counts))
             out[key] = (bins, counts)
         return out
+
+
+__all__ = ["ADMITTED", "FAMILIES", "LABEL_KINDS", "OTHER", "PHASES", "PHASE_INDEX", "QUESTION_CAP", "ROWS",
+           "ClosedWindow", "LabelCaps", "LamKey", "LatencyKey", "WindowStats", "pack_latency"]

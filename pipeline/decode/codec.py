@@ -1,97 +1,32 @@
-"""Bytes -> Event | DecodeError, per SPEC section 1 and schemas/telemetry.schema.json.
+"""Bytes -> Event | DecodeError, per docs/events.md and schemas/telemetry.schema.json.
 
-The hot path validates with msgspec structs (C speed, no per-event jsonschema)
-plus a few explicit checks msgspec cannot express: RFC 3339 timestamps,
+The hot path validates with msgspec structs built from `rules` (C speed, no
+per-event jsonschema) plus a few explicit checks msgspec cannot express, with
+their bounds and names from `rules` too: RFC 3339 timestamps (`timestamps`),
 integral floats for integer fields (JSON Schema's ``integer`` accepts ``2.0``),
-and alias/canonical pairs that must not both be present.  A property test keeps
-this decoder and the JSON Schema in agreement.
+the status range, and alias/canonical pairs that must not both be present.  A
+property test keeps this decoder and the JSON Schema in agreement.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
-from typing import Annotated, Literal
+from typing import Any
 
 import msgspec
-from msgspec import UNSET, Meta, Struct, UnsetType, field
+from msgspec import UNSET, Struct
 
-from pipeline.model import LAMBDA_STATES, DeadLetterReason, DecodeError, Event
+from pipeline.decode import rules
+from pipeline.decode.timestamps import parse_ts
+from pipeline.model import DeadLetterReason, DecodeError, Event
 
-NonNegative = Annotated[float, Meta(ge=0)]
-Unit = Annotated[float, Meta(ge=0, le=1)]
-Label = Annotated[str, Meta(min_length=1)]
-Integer = int | float  # integral floats are integers in JSON Schema; checked below
-LambdaWord = Literal["→", "←", "<>", "×", "convergent", "divergent", "recursive", "chaotic"]
+_LAMBDA_INDEX = rules.LAMBDA_CODES  # symbols and words -> index into LAMBDA_STATES
+_STATUS_MIN, _STATUS_MAX = rules.STATUS_RANGE
 
-_LAMBDA_INDEX = {s: i for i, s in enumerate(LAMBDA_STATES)}
-_LAMBDA_INDEX.update({"convergent": 0, "divergent": 1, "recursive": 2, "chaotic": 3})
-
-# RFC 3339 date-time (ASCII digits); the calendar (Feb 30, month 13) is checked by
-# datetime, but datetime takes offset minutes up to 99 (+05:60), so the offset is
-# bounded here.  schemas/telemetry.schema.json mirrors this pattern.
-_RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
-    r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
-)
-
-
-class _Latency(Struct, gc=False):
-    tffb: NonNegative
-    tusable: NonNegative
-    tfinal: NonNegative
-
-
-class _Retrieval(Struct, gc=False):
-    k: Integer | UnsetType = UNSET
-    metric: str | UnsetType = UNSET
-    analyzer: str | UnsetType = UNSET
-    INDEX_HASH: str | UnsetType = UNSET
-    index_hash: str | UnsetType = UNSET
-    delta_s: Unit | UnsetType = field(default=UNSET, name="ΔS_q_r")
-    delta_s_q_r: Unit | UnsetType = UNSET
-    coverage: Unit | UnsetType = UNSET
-    lam: LambdaWord | UnsetType = field(default=UNSET, name="λ_state")
-    lambda_state: LambdaWord | UnsetType = UNSET
-
-
-class _Probe(Struct, gc=False):
-    question_id: str
-    topic: str
-    paraphrase: Integer
-    seed: Integer
-
-
-class _Cache(Struct, gc=False):
-    prefix: str
-    hit: bool
-
-
-class _Egress(Struct, gc=False):
-    webhook: str | UnsetType = UNSET
-    tries: Integer | UnsetType = UNSET
-    dedupe_key: str | UnsetType = UNSET
-
-
-class _Telemetry(Struct, gc=False):
-    ts: str
-    route: Label
-    variant: Label
-    sticky: Label
-    region: Label
-    cold_start: bool
-    latency_ms: _Latency
-    status: Integer
-    edge_pop: str | UnsetType = UNSET
-    x_warm: bool = False
-    x_exp: str | UnsetType = UNSET
-    request_id: str | UnsetType = UNSET
-    failure_phase: Literal["headers", "body"] | UnsetType = UNSET
-    retrieval: _Retrieval | UnsetType = UNSET
-    probe: _Probe | UnsetType = UNSET
-    cache: _Cache | UnsetType = UNSET
-    egress: _Egress | UnsetType = UNSET
+# The message's structs, built from the rules: the attribute of a field is its JSON name
+# (`delta_s` for ΔS_q_r, `lam` for λ_state, see rules.Rule.attr).
+_Telemetry: Any = rules.msgspec_struct("_Telemetry", rules.MESSAGE)
 
 
 class _Readable(Struct):
@@ -118,14 +53,6 @@ class SchemaViolation(ValueError):
         super().__init__(f"{problem} - at `{path}`")
 
 
-def parse_ts(text: str) -> float:
-    """RFC 3339 timestamp -> seconds since the epoch; ValueError if not RFC 3339."""
-    if not _RFC3339.fullmatch(text):
-        raise ValueError(f"not an RFC 3339 date-time: {text!r}")
-    moment = datetime.fromisoformat(text.upper())
-    return moment.timestamp()
-
-
 def _integer(value: int | float, path: str) -> int:
     if type(value) is int:
         return value
@@ -142,7 +69,12 @@ def _one_of(canonical: object, alias: object, path: str, alias_name: str) -> obj
     return canonical
 
 
-def _to_event(t: _Telemetry, raw: bytes) -> Event:
+def _to_event(t: Any, raw: bytes) -> Event:
+    """The Event of a decoded message, after the checks its struct cannot make.
+
+    Written out field by field (this runs once per event); tests/test_rules.py
+    holds it to `rules.EVENT_SOURCES` and the integer and alias rules.
+    """
     try:
         ts = parse_ts(t.ts)
     except ValueError as exc:
@@ -150,8 +82,8 @@ def _to_event(t: _Telemetry, raw: bytes) -> Event:
     status = t.status
     if type(status) is not int:
         status = _integer(status, "$.status")
-    if not 100 <= status <= 599:
-        raise SchemaViolation("$.status", f"Expected `int` in 100..599, got {status}")
+    if not _STATUS_MIN <= status <= _STATUS_MAX:
+        raise SchemaViolation("$.status", f"Expected `int` in {_STATUS_MIN}..{_STATUS_MAX}, got {status}")
 
     r = t.retrieval
     if r is UNSET:
@@ -167,9 +99,9 @@ def _to_event(t: _Telemetry, raw: bytes) -> Event:
         ds = r.delta_s
         ls = r.lam
         if r.index_hash is not UNSET or r.delta_s_q_r is not UNSET or r.lambda_state is not UNSET:
-            ih = _one_of(ih, r.index_hash, "$.retrieval.index_hash", "index_hash")  # type: ignore[assignment]
-            ds = _one_of(ds, r.delta_s_q_r, "$.retrieval.delta_s_q_r", "delta_s_q_r")  # type: ignore[assignment]
-            ls = _one_of(ls, r.lambda_state, "$.retrieval.lambda_state", "lambda_state")  # type: ignore[assignment]
+            ih = _one_of(ih, r.index_hash, "$.retrieval.index_hash", "index_hash")
+            ds = _one_of(ds, r.delta_s_q_r, "$.retrieval.delta_s_q_r", "delta_s_q_r")
+            ls = _one_of(ls, r.lambda_state, "$.retrieval.lambda_state", "lambda_state")
         index_hash = None if ih is UNSET else ih
         metric = None if r.metric is UNSET else r.metric
         analyzer = None if r.analyzer is UNSET else r.analyzer
@@ -297,3 +229,6 @@ def decode(raw: bytes, max_bytes: int = 1_048_576) -> Event | DecodeError:
 def decode_batch(lines: list[bytes], max_bytes: int = 1_048_576) -> list[Event | DecodeError]:
     """Decode a micro-batch in order."""
     return [decode(line, max_bytes) for line in lines]
+
+
+__all__ = ["SchemaViolation", "decode", "decode_batch", "parse_ts"]

@@ -161,6 +161,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(exc.code, {"error": str(exc)})
         if path == "/metrics":
             return 200, generate_latest(self.registry), CONTENT_TYPE_LATEST, {}
+        return self._verdicts(parts, url.query, body)
+
+    def _verdicts(self, parts: list[str], query: str, body: bytes) -> _Reply:
+        """/verdicts, /verdicts/<rollout> and its controller paths (GET, HEAD; POST for the latter)."""
         latest = self.collector.latest()
         if len(parts) == 1:
             return self._json(200, {"verdicts": list(latest.values())})
@@ -175,7 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) == 2:
             return self._json(200, record)
         try:
-            wanted = wanted_stage(url.query, body, self.stage() if self.stage is not None else None)
+            wanted = wanted_stage(query, body, self.stage() if self.stage is not None else None)
         except BadRequest as exc:
             return self._json(exc.code, {"error": str(exc)})
         return self._json(*controller_answer(parts[2], assess(rollout, record, wanted)))

@@ -21,9 +21,8 @@ import re
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -172,22 +171,6 @@ def watermarks(url: KafkaUrl, extra: dict[str, str], timeout: float = 10.0) -> d
         consumer.close()
 
 
-@dataclass
-class SourceHealth:
-    """Per-partition consumption counters, shared with the metrics collector."""
-
-    consumed: Counter[str] = field(default_factory=Counter)
-    lag: dict[str, int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def note(self, partition: str, n: int, lag: int | None) -> None:
-        """n messages consumed from `partition`; `lag` messages left behind it."""
-        with self.lock:
-            self.consumed[partition] += n
-            if lag is not None:
-                self.lag[partition] = lag
-
-
 class _TelemetryPartition(StatefulSourcePartition[Chunk, int | None]):
     """One topic partition read with its own assigned consumer; the state is the next offset.
 
@@ -279,6 +262,20 @@ class _TelemetryPartition(StatefulSourcePartition[Chunk, int | None]):
         self.said_down = False
         self.down_since = None
 
+    def _usable(self, msgs: list[Any]) -> list[Any]:
+        """The messages without an error; an outage error starts the outage clock, another fails the run."""
+        good = []
+        for msg in msgs:
+            err = msg.error()
+            if err is None:
+                good.append(msg)
+            elif err.code() in _OUTAGE or err.retriable():
+                if self.down_since is None:
+                    self.down_since = time.monotonic()
+            elif err.code() != KafkaError._PARTITION_EOF:
+                raise RuntimeError(f"error consuming from Kafka topic {self.name}: {err.str()}")
+        return good
+
     def next_batch(self) -> list[Chunk]:
         if self.done or STOP.is_set():
             raise StopIteration  # on a stop, not `last`: the rest is read after a restart
@@ -287,24 +284,7 @@ class _TelemetryPartition(StatefulSourcePartition[Chunk, int | None]):
         stop = self.stop_at
         if stop is not None and self.next_offset is not None and self.next_offset >= stop:
             return self._end()
-        msgs = self.consumer.consume(self.batch_size, 0.001)
-        lines: list[bytes] = []
-        offsets: list[int] = []
-        keys: list[bytes | None] | None = None
-        headers: list[Any] | None = None
-        stamps: list[int] = []
-        if msgs:
-            good = []
-            for msg in msgs:
-                err = msg.error()
-                if err is None:
-                    good.append(msg)
-                elif err.code() in _OUTAGE or err.retriable():
-                    if self.down_since is None:
-                        self.down_since = time.monotonic()
-                elif err.code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(f"error consuming from Kafka topic {self.name}: {err.str()}")
-            msgs = good
+        msgs = self._usable(self.consumer.consume(self.batch_size, 0.001))
         was_down = self.down_since is not None
         if msgs and was_down:
             self._back(time.monotonic())  # messages arrived: the broker is back
@@ -312,30 +292,9 @@ class _TelemetryPartition(StatefulSourcePartition[Chunk, int | None]):
             waiting = self._outage()
             if waiting is not None:
                 return waiting
-        if msgs:
-            first = msgs[0].offset() or 0  # consumed messages always have an offset
-            last = msgs[-1].offset() or 0
-            if last - first + 1 == len(msgs):
-                offsets = list(range(first, last + 1))  # the usual case: no gaps (no compaction)
-            else:
-                offsets = [m.offset() or 0 for m in msgs]
-            lines = [m.value() or b"" for m in msgs]
-            # For the dead-letter output: a few tens of ns a message; keys and headers stay None
-            # when no message has any, so an unkeyed topic's chunks carry nothing more.
-            stamps = [m.timestamp()[1] for m in msgs]
-            keys = [m.key() for m in msgs]
-            if keys.count(None) == len(keys):
-                keys = None
-            headers = [m.headers() for m in msgs]
-            if headers.count(None) == len(headers):
-                headers = None
-            if stop is not None and offsets[-1] >= stop:
-                keep = bisect.bisect_left(offsets, stop)
-                lines, offsets, stamps = lines[:keep], offsets[:keep], stamps[:keep]
-                keys = keys[:keep] if keys is not None else None
-                headers = headers[:keep] if headers is not None else None
-            if offsets:
-                self.next_offset = offsets[-1] + 1
+        lines, offsets, keys, headers, stamps = _columns(msgs, stop)
+        if offsets:
+            self.next_offset = offsets[-1] + 1
         if stop is not None and self.next_offset is not None and self.next_offset >= stop:
             self.done = True
         lag = 0 if self.done else self._lag()  # at most once a second, also while idle
@@ -354,6 +313,40 @@ class _TelemetryPartition(StatefulSourcePartition[Chunk, int | None]):
 
     def close(self) -> None:
         self.consumer.close()
+
+
+_Columns = tuple[list[bytes], list[int], list[bytes | None] | None, list[Any] | None, list[int]]
+
+
+def _columns(msgs: list[Any], stop: int | None) -> _Columns:
+    """Values, offsets, keys, headers and timestamps of consumed messages, up to offset `stop`.
+
+    Keys and headers stay None when no message has any (a few tens of ns a
+    message, for the dead-letter output), so an unkeyed topic's chunks carry
+    nothing more.
+    """
+    if not msgs:
+        return [], [], None, None, []
+    first = msgs[0].offset() or 0  # consumed messages always have an offset
+    last = msgs[-1].offset() or 0
+    if last - first + 1 == len(msgs):
+        offsets = list(range(first, last + 1))  # the usual case: no gaps (no compaction)
+    else:
+        offsets = [m.offset() or 0 for m in msgs]
+    lines = [m.value() or b"" for m in msgs]
+    stamps = [m.timestamp()[1] for m in msgs]
+    keys: list[bytes | None] | None = [m.key() for m in msgs]
+    if keys is not None and keys.count(None) == len(keys):
+        keys = None
+    headers: list[Any] | None = [m.headers() for m in msgs]
+    if headers is not None and headers.count(None) == len(headers):
+        headers = None
+    if stop is not None and offsets[-1] >= stop:
+        keep = bisect.bisect_left(offsets, stop)
+        lines, offsets, stamps = lines[:keep], offsets[:keep], stamps[:keep]
+        keys = keys[:keep] if keys is not None else None
+        headers = headers[:keep] if headers is not None else None
+    return lines, offsets, keys, headers, stamps
 
 
 class KafkaTelemetrySource(FixedPartitionedSource[Chunk, int | None]):
@@ -580,3 +573,51 @@ def render_dead_letter(dead: DeadLetter) -> Message:
     if dead.timestamp_ms is not None and dead.timestamp_ms > 0:  # librdkafka: -1 when not available
         headers.append(("source_timestamp", str(dead.timestamp_ms).encode()))
     return dead.key, raw, headers, None
+
+
+_STICKY = re.compile(rb'"sticky"\s*:\s*"([^"\\]*)"')
+
+
+def telemetry_message(line: bytes) -> Message:
+    """A raw telemetry line as a Kafka message keyed by its `sticky` (no key if it has none)."""
+    m = _STICKY.search(line)
+    return (m.group(1) if m else None), line, [], None
+
+
+def produce(url: KafkaUrl, extra: dict[str, str], lines: Iterable[bytes], *, rate: float = 0.0,
+            num_partitions: int = 1, on_batch: Callable[[int], None] | None = None) -> int:
+    """Produce telemetry lines to `url` (creating the topic if missing); the number produced.
+
+    The same idempotent, flushed `KafkaProducerSink` the run publishes with:
+    every batch is confirmed before the next, and a failed delivery raises
+    KafkaSetupError.  `rate` > 0 paces the lines at that many per second, in
+    batches of about 50 ms; `on_batch` hears the running total.
+    """
+    ensure_topic(url, extra, num_partitions)
+    sink = KafkaProducerSink(url, extra, telemetry_message, flush_timeout_s=60.0)
+    size = max(1, min(1000, int(rate / 20))) if rate > 0 else 1000
+    started = time.monotonic()
+    n = 0
+    batch: list[bytes] = []
+    try:
+        for line in lines:
+            batch.append(line)
+            if len(batch) < size:
+                continue
+            if rate > 0 and (delay := started + n / rate - time.monotonic()) > 0:
+                time.sleep(delay)
+            sink.send(batch)
+            n += len(batch)
+            batch = []
+            if on_batch is not None:
+                on_batch(n)
+        if batch:
+            sink.send(batch)
+            n += len(batch)
+    except KafkaException as exc:
+        raise KafkaSetupError(f"producing to {url}: {exc}") from None
+    except RuntimeError as exc:  # the sink's failed delivery, which names the topic and the reason
+        raise KafkaSetupError(str(exc)) from None
+    if on_batch is not None:
+        on_batch(n)
+    return n

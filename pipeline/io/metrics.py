@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 
 from pipeline.aggregate.stats import OTHER, ClosedWindow
 from pipeline.engine import Report
-from pipeline.io.kafka import SourceHealth
+from pipeline.io.health import SourceHealth
 from pipeline.model import DeadLetter, Decision, GateStatus, Verdict
 
 PREFIX = "canary_gate"

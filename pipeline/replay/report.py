@@ -42,6 +42,7 @@ from matplotlib.typing import RcKeyType
 from pipeline.config import Config
 from pipeline.decode.codec import parse_ts
 from pipeline.gates import GATES
+from pipeline.gates.registry import REGISTRY
 from pipeline.model import Decision, GateRow, GateStatus, format_time, gate_status
 from pipeline.replay.run import window_record
 
@@ -247,7 +248,8 @@ def _latency_ratio(fig: Figure, r: _Replay) -> str | None:
     return None
 
 
-TESTED_GATES = ("p95_warm_latency", "error_rate", "cache_hit_regression")  # gates with a sequential test
+# gates with a sequential test (those that declare what a window adds to it)
+TESTED_GATES = tuple(gate.name for gate in REGISTRY if gate.samples is not None)
 
 
 def _evidence(fig: Figure, r: _Replay) -> str | None:

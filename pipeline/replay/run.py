@@ -9,7 +9,7 @@ them under its event-time clock, label caps and horizon and judges every
 window with `gates.judge`.  So a replay says what the stream would have said:
 
 * a batch is merged whole only when the engine finds no event in it late,
-  future or a duplicate under its clock (`Engine._fits`, as for the stream's
+  future or a duplicate under its clock (`Engine.fits`, as for the stream's
   partial aggregates); otherwise it is split in halves down to small pieces,
   and a small piece goes through `Engine.feed` event by event;
 * dead letters are fed in their place in the stream, between the segments of
@@ -38,6 +38,7 @@ from pipeline import frame as frames
 from pipeline.aggregate.stats import (
     ClosedWindow,
 )
+from pipeline.clock import windows_of
 from pipeline.config import Config
 from pipeline.engine import Engine, Output, Report
 from pipeline.gates import Context
@@ -110,8 +111,8 @@ class Replayer:
             return (self._segment(events.slice(0, SMALL), name, raws)
                     + self._segment(events.slice(SMALL), name, raws))
         if n >= SMALL:
-            part, ids = summarize_frame(events, self.engine.size, self.variants, self.engine.caps)
-            if self._ids_fit(ids) and self.engine._fits(part, PARTITION):
+            part, ids = summarize_frame(events, self.engine.window_size, self.variants, self.engine.caps)
+            if self._ids_fit(ids) and self.engine.fits(part, PARTITION):
                 self.summarized += n
                 for wid, hashes in ids.hashes.items():
                     self.hashes.setdefault(wid, []).append(hashes)
@@ -128,11 +129,11 @@ class Replayer:
         """Feed events and dead letters in order through `Engine.feed`, as the stream does."""
         if not pieces:
             return []
-        ids = self.engine.ids  # the engine checks duplicates against every id of the window
+        seen_ids = self.engine.seen_ids  # the engine checks duplicates against every id of the window
         for wid, batches in self.pending.items():
-            if wid in ids:
+            if self.engine.is_open(wid):
                 for batch in batches:
-                    ids[wid].update(batch.values(wid))
+                    seen_ids.remember(wid, batch.values(wid))
         self.pending.clear()
         items: list[Event | DecodeError] = []
         sources: list[int] = []
@@ -142,7 +143,7 @@ class Replayer:
                 items.append(piece[1])
                 continue
             self.one_by_one += len(piece)
-            wids = np.floor_divide(piece["ts"].to_numpy(), self.engine.size).astype(np.int64)
+            wids = windows_of(piece["ts"].to_numpy(), self.engine.window_size)
             hashes = piece["request_id"].hash().to_numpy()
             present = piece["request_id"].is_not_null().to_numpy()
             for wid in np.unique(wids[present]).tolist():  # a superset of what the engine keeps: safe
@@ -153,25 +154,22 @@ class Replayer:
         return self.engine.feed(items, PARTITION, locate=lambda i: f"{name}:{sources[i] + 1}")
 
     def _ids_fit(self, ids: RequestIds) -> bool:
-        """No request id of the batch came before in its window, and the windows keep them all."""
-        cap = self.cfg.limits.dedupe_max_ids
+        """No request id of the batch came before in its window, and the windows keep them all.
+
+        `SeenIds.fits` on hashes: the ids merged but not yet handed to the engine count as its own.
+        """
         for wid, new in ids.hashes.items():
-            old = self.hashes.get(wid)
-            if old is None:
-                if len(new) > cap:
-                    return False
-                continue
             waiting = sum(len(batch.rows[wid]) for batch in self.pending.get(wid, []))
-            if len(self.engine.ids.get(wid, ())) + waiting + len(new) > cap:
+            if not self.engine.seen_ids.keeps_all(wid, waiting + len(new)):
                 return False
-            if np.isin(new, np.concatenate(old) if len(old) > 1 else old[0]).any():
+            old = self.hashes.get(wid)
+            if old is not None and np.isin(new, np.concatenate(old) if len(old) > 1 else old[0]).any():
                 return False  # a repeat, or a hash collision: either way `feed` decides exactly
         return True
 
     def _forget_closed(self) -> None:
-        open_ = self.engine.open
         for table in (self.hashes, self.pending):
-            for wid in [w for w in table if w not in open_]:
+            for wid in [w for w in table if not self.engine.is_open(w)]:
                 del table[wid]
 
 

@@ -4,6 +4,13 @@
 aggregates the stream builds per micro-batch (`partial.summarize`): counters
 keyed by raw label values, latency sketches, sticky keys per window, and
 the request ids separately (as hashes, and text when needed).
+
+It restates no rule of the stream's: populations, label rows, the sticky-key
+population and value rounding are population.py's column forms; the request
+families are counted by the stream's own `families.count_requests` over the
+rows of one group-by on `families.SIGNATURE`; the probe families are grouped
+on the fields `families.TABLE` gives them and keyed by `Family.key_of`; the
+latency key is `families.LATENCY_KEY`.  Only the work is column-wise.
 """
 
 from __future__ import annotations
@@ -11,38 +18,56 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from pipeline.aggregate.families import (
+    LATENCY_KEY,
+    PHASES,
+    POPULATION_AT,
+    PROBE_FAMILIES,
+    REQUEST_FAMILIES,
+    SIGNATURE,
+    Counters,
+    LatencyKey,
+    count_requests,
+)
 from pipeline.aggregate.partial import Partial, WindowPart
 from pipeline.aggregate.sketch import PackedSketches
-from pipeline.aggregate.stats import (
-    LABEL_KINDS,
-    PHASES,
-    ROWS,
-    ClosedWindow,
-    LabelCaps,
-    LatencyKey,
-)
+from pipeline.aggregate.stats import ClosedWindow, LabelCaps
 from pipeline.clock import windows_of
 from pipeline.dedupe import repeats_in_frame
+from pipeline.population import (
+    LABEL_FIELDS,
+    LABEL_KINDS,
+    LABELS,
+    POPULATION,
+    POPULATION_FIELDS,
+    PROBE,
+    PROBE_LABELS,
+    ROWS,
+    USER,
+    USERS,
+    label_rows_of_users,
+    sticky_column,
+)
 
-# Everything the counters read of an event (stats._SIGNATURE, with whether it is a probe) and its
-# window: events with equal values here count alike.
-_GROUP_KEYS = ("wid", "variant", "region", "x_warm", "probe", "status", "failure_phase", "has_retrieval",
-               "index_hash", "metric", "analyzer", "cache_prefix", "cache_hit")
-_LABEL_COLUMNS = ("variant", "region", "index_hash", "metric", "analyzer", "cache_prefix", "probe_topic",
-                  "probe_question")  # stats._LABEL_ROW's order
+# Everything the request families read of an event (families.SIGNATURE) and its window: events with
+# equal values here count alike.
+_GROUP_KEYS = ("wid", *SIGNATURE)
+# Where a user request's label row sits in a signature row (user requests carry no probe labels).
+_USER_LABELS = itemgetter(*(SIGNATURE.index(field) for kind, field in LABELS if kind not in PROBE_LABELS))
 # What the counters and label caps read of a frame.
-_NARROW = tuple(dict.fromkeys((*_LABEL_COLUMNS, "x_warm", "status", "failure_phase", "has_retrieval",
-                               "cache_hit", "row")))
+_NARROW = tuple(dict.fromkeys((*LABEL_FIELDS, *POPULATION_FIELDS,
+                               *(f for f in SIGNATURE if f != "population"), "row")))
+_PROBE_COLUMNS = tuple(dict.fromkeys(
+    c for f in PROBE_FAMILIES for c in (*f.fields, *((f.when.field,) if f.when is not None else ()))))
 _FEW_WINDOWS = 64  # up to this many windows in a batch, rows are split by comparison, not sorting
 _NO_SKETCHES = PackedSketches.from_values(np.zeros(0, dtype=np.int64), np.zeros(0), 0)
-_PROBE_COLUMNS = ("variant", "probe_question", "probe_topic", "probe_paraphrase", "probe_seed", "delta_s",
-                  "coverage", "lambda_state")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +101,17 @@ def summarize_frame(events: pl.DataFrame, size: float, variants: tuple[str, ...]
     present = rid.is_not_null().to_numpy()
     repeated, repeats = repeats_in_frame(events, wids, hashes, present)
     keep = np.ones(len(ts), dtype=np.bool_) if repeated is None else ~repeated
-    narrow = events.select(*_NARROW).with_columns(
-        wid=pl.Series(wids, dtype=pl.Int64), probe=pl.col("probe_question").is_not_null())
+    narrow = events.select(*_NARROW).with_columns(wid=pl.Series(wids, dtype=pl.Int64), population=POPULATION)
     if repeated is not None:
         narrow = narrow.filter(pl.Series(keep))
     groups = narrow.group_by(_GROUP_KEYS).agg(n=pl.len())
-    counters: dict[int, dict[str, Counter[Any]]] = {}
+    counters: dict[int, Counters] = {}
+    user_rows: list[tuple[Any, ...]] = []
+    for (wid,), window_groups in groups.partition_by("wid", as_dict=True, include_key=False).items():
+        rows = window_groups.rows()
+        window = counters[int(wid)] = {f.name: Counter() for f in REQUEST_FAMILIES}
+        count_requests(window, rows, None)  # as WindowStats.add_many, with raw labels
+        user_rows += [_USER_LABELS(row) for row in rows if row[POPULATION_AT] == USERS]
 
     def family(wid: int, name: str) -> Counter[Any]:
         window = counters.get(wid)
@@ -92,43 +122,22 @@ def summarize_frame(events: pl.DataFrame, size: float, variants: tuple[str, ...]
             found = window[name] = Counter()
         return found
 
-    label_rows: dict[tuple[Any, ...], None] = {}
-    for (wid, variant, region, ping, probe, status, phase, has_r, ih, metric, analyzer, prefix, hit,
-         n) in groups.iter_rows():
-        if not probe:  # a probe's label row has its topic and question: taken below
-            label_rows[(variant, region, ih, metric, analyzer, prefix, None, None)] = None
-        family(wid, "events")[variant] += n  # as WindowStats.add_many, with raw labels
-        if ping:
-            family(wid, "x_warm")[(variant, region)] += n
-            continue
-        if probe:
-            continue
-        family(wid, "user")[(variant, region)] += n
-        family(wid, "statuses")[(variant, region, status)] += n
-        if status >= 500:
-            family(wid, "errors")[(variant, region)] += n
-            family(wid, "classes")[(variant, status, phase or "none")] += n
-        if has_r:
-            family(wid, "index_obs")[(variant, region, ih, metric, analyzer)] += n
-        if prefix is not None:
-            family(wid, "prefixes")[(variant, prefix)] += n
-        if hit is not None:
-            family(wid, "cache")[(variant, "n")] += n
-            if hit:
-                family(wid, "cache")[(variant, "hit")] += n
-    ping = events["x_warm"].to_numpy()
-    probe = events["probe_question"].is_not_null().to_numpy()
-    if probe.any():
+    masks = events.select(user=USER, probe=PROBE)
+    user = masks["user"].to_numpy()
+    label_rows = dict.fromkeys(label_rows_of_users(dict.fromkeys(user_rows)))
+    others = ~user & keep  # pings and probes: label rows with their probe labels
+    if others.any():
         label_rows.update(dict.fromkeys(
-            events.select(_LABEL_COLUMNS).filter(pl.Series(probe & keep)).unique().rows()))
+            events.select(LABEL_FIELDS).filter(pl.Series(others)).unique().rows()))
     labels = {ROWS: _in_order(label_rows, narrow, caps)}
-    probes = ~ping & probe & keep
+    probes = masks["probe"].to_numpy() & keep
     if probes.any():
         _probe_counters(events.select(_PROBE_COLUMNS).filter(pl.Series(probes))
                         .with_columns(wid=pl.Series(wids[probes], dtype=pl.Int64)), family)
-    users = ~ping & ~probe & keep
+    users = user & keep
     latency = _latency(events, users, wids)
-    sticky = _sticky(events, users, wids, variants)
+    sticky = _sticky(events, events.select(sticky_column(variants)).to_series().to_numpy() & keep, wids,
+                     variants)
     window_rows = _rows_by_window(wids, present & keep)
     ids = RequestIds({w: hashes[r] for w, r in window_rows.items()}, window_rows, rid)
     parts = []
@@ -158,7 +167,7 @@ def _in_order(rows: dict[tuple[Any, ...], None], narrow: pl.DataFrame,
         if all(len(caps.kinds.get(kind, ())) + len(found) < caps.cap(kind) // 2
                for kind, found in values.items()):
             return list(rows)
-    firsts = (narrow.group_by(_LABEL_COLUMNS).agg(first=pl.col("row").min()).sort("first")
+    firsts = (narrow.group_by(LABEL_FIELDS).agg(first=pl.col("row").min()).sort("first")
               .drop("first").rows())
     return firsts
 
@@ -197,20 +206,11 @@ def _rows_by_window(wids: npt.NDArray[np.int64],
 
 
 def _probe_counters(probes: pl.DataFrame, family: Callable[[int, str], Counter[Any]]) -> None:
-    """The probe families of WindowStats._add_probes, with raw labels."""
-    for wid, variant, n in probes.group_by("wid", "variant").len().rows():
-        family(wid, "probes")[variant] += n
-    for wid, variant, value, n in (probes.filter(pl.col("delta_s").is_not_null())
-                                   .group_by("wid", "variant", "delta_s").len().rows()):
-        family(wid, "delta_s")[(variant, round(value, 4))] += n  # Python's rounding, as the stream
-    for wid, variant, topic, value, n in (probes.filter(pl.col("coverage").is_not_null())
-                                          .group_by("wid", "variant", "probe_topic", "coverage")
-                                          .len().rows()):
-        family(wid, "coverage")[(variant, topic, round(value, 4))] += n
-    for wid, *key, n in (probes.filter(pl.col("lambda_state") >= 0)
-                         .group_by("wid", "variant", "probe_question", "probe_paraphrase", "probe_seed",
-                                   "lambda_state").len().rows()):
-        family(wid, "lam")[tuple(key)] += n
+    """The probe families (families.PROBE_FAMILIES) with raw labels: one group-by each, on its key fields."""
+    for f in PROBE_FAMILIES:
+        picked = probes if f.when is None else probes.filter(f.when.column)
+        for wid, *values, n in picked.group_by("wid", *f.fields).len().iter_rows():
+            family(wid, f.name)[f.key_of(values)] += n
 
 
 def _latency(events: pl.DataFrame, users: npt.NDArray[np.bool_],
@@ -228,9 +228,10 @@ def _latency(events: pl.DataFrame, users: npt.NDArray[np.bool_],
         return out
     window = wids[at]
     low = int(window.min())
-    variant = events["variant"].to_physical().to_numpy()[at].astype(np.int64)
-    region = events["region"].to_physical().to_numpy()[at].astype(np.int64)
-    cold = events["cold_start"].to_numpy()[at]
+    variant_f, region_f, cold_f = LATENCY_KEY
+    variant = events[variant_f].to_physical().to_numpy()[at].astype(np.int64)
+    region = events[region_f].to_physical().to_numpy()[at].astype(np.int64)
+    cold = events[cold_f].to_numpy()[at]
     span = (int(window.max()) - low + 1, int(variant.max()) + 1, int(region.max()) + 1)
     if span[0] * span[1] * span[2] * 2 <= max(1 << 22, 4 * len(at)):
         combined = (((window - low) * span[1] + variant) * span[2] + region) * 2 + cold
@@ -244,7 +245,7 @@ def _latency(events: pl.DataFrame, users: npt.NDArray[np.bool_],
         code = code.ravel()
     some = np.zeros(len(keys), dtype=np.int64)
     some[code] = at  # a row of each key
-    described = events.select("variant", "region", "cold_start")[some.tolist()].rows()
+    described = events.select(LATENCY_KEY)[some.tolist()].rows()
     key_window = wids[some]  # non-decreasing: keys sort by window first
     packed = PackedSketches.from_columns(code, [events[phase].to_numpy()[at] for phase in PHASES], len(keys))
     starts = np.flatnonzero(np.r_[True, key_window[1:] != key_window[:-1]])
@@ -255,9 +256,9 @@ def _latency(events: pl.DataFrame, users: npt.NDArray[np.bool_],
     return out
 
 
-def _sticky(events: pl.DataFrame, users: npt.NDArray[np.bool_], wids: npt.NDArray[np.int64],
+def _sticky(events: pl.DataFrame, gives: npt.NDArray[np.bool_], wids: npt.NDArray[np.int64],
             variants: tuple[str, ...]) -> dict[tuple[int, str], list[str]]:
-    """Sticky keys of the configured variants' user requests, per (window, variant).
+    """Sticky keys of the rows that give one (population.sticky_column), per (window, variant).
 
     Distinct by hash with one sort, so only one string per distinct key leaves
     polars: each row's key is a 64-bit hash of the sticky key mixed with its
@@ -268,7 +269,7 @@ def _sticky(events: pl.DataFrame, users: npt.NDArray[np.bool_], wids: npt.NDArra
     """
     wanted = pl.Series(variants, dtype=pl.Categorical).to_physical().to_numpy()
     code = events["variant"].to_physical().to_numpy()
-    at = np.flatnonzero(users & np.isin(code, wanted))
+    at = np.flatnonzero(gives)
     if len(at) == 0:
         return {}
     sticky = events["sticky"]
