@@ -237,3 +237,21 @@ def test_the_docs_index_links_every_page() -> None:
     for page in PAGES:
         if page.name != "README.md":
             assert page.name in index, f"docs/README.md does not link {page.name}"
+
+
+def test_the_architecture_page_names_every_module_and_only_modules_that_exist() -> None:
+    """docs/architecture.md gives every module of pipeline/ its place, and names no module that is gone."""
+    text = read(DOCS / "architecture.md")
+    pipeline = ROOT / "pipeline"
+    modules = [p.relative_to(pipeline).as_posix() for p in pipeline.rglob("*.py")]
+    for name in sorted(set(re.findall(r"`(?:pipeline/)?((?:[a-z_]+/)?[a-z_]+\.py)`", text))):
+        if name.startswith(("tests/", "bench/")):
+            continue
+        exists = name in modules if "/" in name else any(m.split("/")[-1] == name for m in modules)
+        assert exists, f"docs/architecture.md names {name}, which is no module of pipeline/"
+    mentioned = set(re.findall(r"[a-z_]+\.py", text)) | set(re.findall(r"`([a-z_]+)`", text))
+    for module in sorted(modules):
+        path = Path(module)
+        if path.name not in ("__init__.py", "__main__.py"):
+            assert path.name in mentioned or path.stem in mentioned, \
+                f"docs/architecture.md does not mention pipeline/{module}"

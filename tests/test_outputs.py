@@ -345,7 +345,7 @@ def test_a_resume_onto_a_truncated_output_fails_naming_it_and_leaves_it_alone(tm
     assert _fingerprint(verdicts) == before, "a refused resume changed the file"
     assert b"\0" not in verdicts.read_bytes()
     # exit 2 (a problem the user must fix, like a recovery directory that does not match the run):
-    # pipeline/cli.py maps OutputMismatch to it
+    # pipeline/cli/run.py maps OutputMismatch to it
     assert res.returncode == 2, res.stderr
 
 
@@ -359,7 +359,7 @@ def test_an_output_rotated_by_rename_between_runs_continues_in_a_new_file(tmp_pa
     verdicts.rename(tmp_path / "v.jsonl.1")
     res = _run(tmp_path, "--recovery-dir", str(tmp_path / "rec"))
     assert res.returncode == 0, res.stderr
-    # the flag is named once pipeline/cli.py passes it to JsonlSink; "output" until then
+    # the flag is named once pipeline/cli/run.py passes it to JsonlSink; "output" until then
     note = (rf"canary-gate: --verdicts {re.escape(str(verdicts))}: not found; the snapshot covered "
             rf"{covered} bytes of it \(rotated by rename\?\): starting a new file")
     assert re.search(note, res.stderr), res.stderr
