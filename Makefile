@@ -10,11 +10,19 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+# The native decoder (native/, Rust): cargo from PATH, else rustup's default place.
+CARGO ?= $(shell command -v cargo || ls $$HOME/.cargo/bin/cargo /root/.cargo/bin/cargo 2>/dev/null | head -n 1)
+NATIVE := native/Cargo.toml native/Cargo.lock native/pyproject.toml native/canary_gate_native.pyi \
+	$(wildcard native/src/*.rs)
+
+$(STAMP): pyproject.toml requirements.lock $(NATIVE)
 	@$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13), "canary-gate needs Python 3.11 or 3.12 (bytewax 0.21 has no wheels for newer)"'
+	@test -n "$(CARGO)" || { echo "canary-gate needs Rust (cargo) to build its native decoder: install it from https://rustup.rs (curl --proto '=https' -sSf https://sh.rustup.rs | sh), then run make venv again" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	PATH="$(abspath $(BIN)):$(dir $(CARGO)):$$PATH" MATURIN_PEP517_ARGS="--locked" \
+	    $(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall ./native
 	@touch $(STAMP)
 
 # First README command: judge the bundled example stream (no broker needed).
@@ -65,7 +73,7 @@ bench: venv
 	$(BIN)/python bench/memory.py
 
 lock: venv
-	$(BIN)/pip freeze --exclude-editable | sed '1i # Locked versions of every runtime and dev dependency (pip freeze of a working venv).\n# Regenerate: make lock' > requirements.lock
+	$(BIN)/pip freeze --exclude-editable | grep -v '^canary-gate-native' | sed '1i # Locked versions of every runtime and dev dependency (pip freeze of a working venv).\n# Regenerate: make lock' > requirements.lock
 
 dashboards: venv
 	$(BIN)/python dashboards/generate.py

@@ -30,13 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import polars as pl  # noqa: E402
+import throughput  # noqa: E402
 from _data import lines_file  # noqa: E402
 
 from pipeline import config as config_mod  # noqa: E402
 from pipeline import scenarios  # noqa: E402
-from pipeline.aggregate.partial import summarize  # noqa: E402
-from pipeline.decode.codec import decode_batch  # noqa: E402
-from pipeline.engine import Engine  # noqa: E402
 from pipeline.replay import archive  # noqa: E402
 from pipeline.replay import run as replay  # noqa: E402
 
@@ -75,16 +73,7 @@ def run_replay(path: Path, cfg: config_mod.Config) -> int:
 
 def core(lines: list[bytes], cfg: config_mod.Config) -> int:
     """The stream's path without Bytewax: decode, summarise per micro-batch, judge."""
-    engine = Engine(cfg)
-    size, variants = cfg.windows.size_s, (cfg.control, cfg.canary)
-    for i in range(0, len(lines), 5000):
-        items = decode_batch(lines[i : i + 5000])
-        part = summarize(items, size, variants)
-        if part is None:
-            engine.feed(items)
-        else:
-            engine.feed_partial(part, "0", lambda items=items: items)  # type: ignore[misc]
-    engine.close()
+    throughput.core(lines, cfg)
     return len(lines)
 
 

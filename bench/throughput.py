@@ -25,9 +25,9 @@ from bytewax.testing import TestingSink, TestingSource, run_main  # noqa: E402
 
 from pipeline import config as config_mod  # noqa: E402
 from pipeline import scenarios  # noqa: E402
-from pipeline.aggregate.partial import summarize  # noqa: E402
 from pipeline.decode.codec import decode_batch  # noqa: E402
 from pipeline.engine import Engine  # noqa: E402
+from pipeline.feed import ChunkEvents, Feeder, decode_chunk  # noqa: E402
 from pipeline.flow import Sinks, build_flow  # noqa: E402
 from pipeline.io.chunk import Chunk  # noqa: E402
 
@@ -46,31 +46,29 @@ def floor(lines: list[bytes], cfg: config_mod.Config) -> None:
         loads(line)
 
 
-def core(lines: list[bytes], cfg: config_mod.Config) -> None:
-    """Decode, summarise per window (partial aggregates), judge: the dataflow's path without Bytewax."""
-    engine = Engine(cfg)
+def core(lines: list[bytes], cfg: config_mod.Config, batch: int = BATCH) -> None:
+    """The dataflow's path without Bytewax: decode and summarise a chunk (decoding worker), feed the judge."""
+    feeder = Feeder(Engine(cfg))
     size, variants = cfg.windows.size_s, (cfg.control, cfg.canary)
-    for i in range(0, len(lines), BATCH):
-        items = decode_batch(lines[i : i + BATCH])
-        part = summarize(items, size, variants)
-        if part is None:
-            engine.feed(items)
-        else:
-            engine.feed_partial(part, "0", lambda items=items: items)  # type: ignore[misc]
-    engine.close()
+    max_bytes = cfg.limits.max_event_bytes
+    for i in range(0, len(lines), batch):
+        chunk = lines[i : i + batch]
+        pieces = decode_chunk(chunk, max_bytes, size, variants)
+        feeder.feed(pieces, ChunkEvents(chunk, str, max_bytes), "0")
+    feeder.engine.close()
 
 
-def core_event_by_event(lines: list[bytes], cfg: config_mod.Config) -> None:
+def core_event_by_event(lines: list[bytes], cfg: config_mod.Config, batch: int = BATCH) -> None:
     """The same with every event fed to the judge one by one (the fallback path)."""
     engine = Engine(cfg)
-    for i in range(0, len(lines), BATCH):
-        engine.feed(decode_batch(lines[i : i + BATCH]))
+    for i in range(0, len(lines), batch):
+        engine.feed(decode_batch(lines[i : i + batch]))
     engine.close()
 
 
-def dataflow(lines: list[bytes], cfg: config_mod.Config) -> None:
-    chunks = [Chunk("0", lines[i : i + BATCH], "bench", i + 1, last=i + BATCH >= len(lines))
-              for i in range(0, len(lines), BATCH)]
+def dataflow(lines: list[bytes], cfg: config_mod.Config, batch: int = BATCH) -> None:
+    chunks = [Chunk("0", lines[i : i + batch], "bench", i + 1, last=i + batch >= len(lines))
+              for i in range(0, len(lines), batch)]
     verdicts: list[object] = []
     run_main(build_flow(cfg, TestingSource(chunks, batch_size=10), Sinks([TestingSink(verdicts)])))
     assert verdicts
@@ -80,16 +78,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=BATCH, help="messages per chunk (the sources' default)")
     ap.add_argument("--scenario", default="healthy", choices=sorted(scenarios.SCENARIOS))
     args = ap.parse_args()
     lines, cfg = stream(args.scenario, args.events)
+    batch = args.batch
     n = len(lines)
     rates: dict[str, list[float]] = {"a floor (orjson parse)": [], "b pure core": [],
                                      "c bytewax dataflow": [], "b' core, event by event": []}
     for _ in range(args.rounds):
         for samples, fn in zip(rates.values(), (floor, core, dataflow, core_event_by_event), strict=True):
             t0 = time.perf_counter()
-            fn(lines, cfg)
+            fn(lines, cfg) if fn is floor else fn(lines, cfg, batch)
             samples.append(n / (time.perf_counter() - t0))
     med = {name: statistics.median(samples) for name, samples in rates.items()}
     print(f"events per run: {n:,}; rounds: {args.rounds} (median ev/s, min-max)")

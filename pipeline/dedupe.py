@@ -10,17 +10,17 @@ Within a batch, first appearance kept, the summaries apply it with
 `repeats_in_events` (decoded events) and `repeats_in_frame` (a polars frame).
 Across batches, `SeenIds` holds each open window's ids: `admit` decides one
 event as it arrives (`Engine.feed`), `fits` whether a summarised batch's ids
-may be merged as they are (`Engine.fits`), and `keeps_all` whether a window
-can remember that many more (replay's hashed pre-check); all three read the
-same sets and the same cap.
+(their hashes) may be merged as they are (`Engine.fits`), and `keeps_all`
+whether a window can remember that many more; all three read the same ids
+and the same cap.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Collection, Iterable
 from operator import attrgetter
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -107,11 +107,46 @@ _NEW, _DUPLICATE, _OVERFLOW = Admit.NEW, Admit.DUPLICATE, Admit.OVERFLOW  # a me
 
 
 class SeenIds:
-    """The request ids of each open window, at most `cap` per window (limits.dedupe_max_ids)."""
+    """The request ids of each open window, at most `cap` per window (limits.dedupe_max_ids).
+
+    Two forms of the same ids.  Text (`by_window`), which `admit` reads one
+    event at a time.  Hashes, sorted, which `fits` reads to check a summarised
+    batch (a hash in common, a repeat or a collision, means "not sure": the
+    batch then goes event by event and `admit` decides exactly).  A batch
+    merged after `fits` is remembered by its hashes, its text kept aside as
+    polars columns (`waiting`) until `admit` needs it (`settle`), so no Python
+    string is made per summarised event.  Ids admitted one by one are hashed
+    when `fits` next asks.  A pickle holds the text only (it settles first), as
+    engines always pickled it; the hashes are made again after a resume.
+    """
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.by_window: dict[int, set[str]] = {}
+        self._init_forms()
+
+    def _init_forms(self) -> None:
+        self.hashed: dict[int, list[npt.NDArray[np.uint64]]] = {}  # sorted runs, sizes halving
+        self.fresh: dict[int, list[str]] = {}  # text admitted since the window was last hashed
+        self.waiting: dict[int, list[pl.Series]] = {}  # text merged by hash, not yet in by_window
+        self.counts: Counter[int] = Counter()  # ids in `waiting`, per window
+
+    @classmethod
+    def restore(cls, cap: int, by_window: dict[int, set[str]]) -> SeenIds:
+        """The ids of a snapshot: text per open window."""
+        seen = cls(cap)
+        seen.__setstate__({"cap": cap, "by_window": by_window})
+        return seen
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.settle()
+        return {"cap": self.cap, "by_window": self.by_window}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.cap = state["cap"]
+        self.by_window = state["by_window"]
+        self._init_forms()
+        self.fresh = {wid: list(ids) for wid, ids in self.by_window.items() if ids}
 
     def open(self, wid: int) -> None:
         """Start remembering the ids of window `wid`."""
@@ -120,31 +155,82 @@ class SeenIds:
     def close(self, wid: int) -> None:
         """Forget the ids of a window that closed."""
         self.by_window.pop(wid, None)
+        for table in (self.hashed, self.fresh, self.waiting, self.counts):
+            table.pop(wid, None)
 
     def admit(self, wid: int, rid: str) -> Admit:
-        """Decide one event with request id `rid` in (open) window `wid`, remembering it if there is room."""
+        """Decide one event with request id `rid` in (open) window `wid`, remembering it if there is room.
+
+        Every id merged by hash must have been settled (`settle`) first.
+        """
         ids = self.by_window[wid]
         if rid in ids:
             return _DUPLICATE
         if len(ids) < self.cap:
             ids.add(rid)
+            fresh = self.fresh.get(wid)
+            if fresh is None:
+                self.fresh[wid] = [rid]
+            else:
+                fresh.append(rid)
             return _NEW
         return _OVERFLOW
 
     def keeps_all(self, wid: int, n: int) -> bool:
         """Whether window `wid` can remember `n` more ids (else some would be counted as overflow)."""
-        return len(self.by_window.get(wid, ())) + n <= self.cap
+        return len(self.by_window.get(wid, ())) + self.counts[wid] + n <= self.cap
 
-    def fits(self, wid: int, ids: Collection[str]) -> bool:
-        """Whether a batch's distinct ids of window `wid` would each be `Admit.NEW` in turn."""
-        seen = self.by_window.get(wid)
-        return self.keeps_all(wid, len(ids)) and (seen is None or seen.isdisjoint(ids))
+    def fits(self, wid: int, hashes: npt.NDArray[np.uint64]) -> bool:
+        """Whether a batch's distinct ids of window `wid` (their hashes) would each be `Admit.NEW` in turn.
 
-    def remember(self, wid: int, ids: Iterable[str]) -> None:
-        """Add the ids of a batch that `fits` to window `wid`, if it is still open."""
-        seen = self.by_window.get(wid)
-        if seen is not None:
-            seen.update(ids)
+        False also when a hash collides with another id's: the caller then takes the exact path.
+        """
+        if not self.keeps_all(wid, len(hashes)):
+            return False
+        runs = self._runs(wid)
+        if not runs or len(hashes) == 0:
+            return True
+        probe = np.sort(hashes)
+        for run in runs:
+            at = np.searchsorted(run, probe)
+            at[at == len(run)] = 0
+            if bool((run[at] == probe).any()):
+                return False
+        return True
+
+    def remember(self, wid: int, hashes: npt.NDArray[np.uint64], text: pl.Series) -> None:
+        """Add the ids of a batch that `fits` to window `wid` (if still open): hashes now, text later."""
+        if wid not in self.by_window or len(hashes) == 0:
+            return
+        self._add_run(wid, np.sort(hashes))
+        self.waiting.setdefault(wid, []).append(text)
+        self.counts[wid] += len(text)
+
+    def settle(self) -> None:
+        """Hand the text of every id merged by hash to `by_window`, for `admit`."""
+        for wid, columns in self.waiting.items():
+            ids = self.by_window[wid]
+            for text in columns:
+                ids.update(text.to_list())
+        self.waiting.clear()
+        self.counts.clear()
+
+    def _runs(self, wid: int) -> list[npt.NDArray[np.uint64]]:
+        """The window's hash runs, with the ids admitted one by one since the last call hashed in."""
+        fresh = self.fresh.pop(wid, None)
+        if fresh:
+            self._add_run(wid, np.sort(pl.Series(fresh, dtype=pl.String).hash().to_numpy()))
+        return self.hashed.get(wid, [])
+
+    def _add_run(self, wid: int, run: npt.NDArray[np.uint64]) -> None:
+        """Add a sorted run; merge the last two while the newer is at least half the older (log runs)."""
+        runs = self.hashed.setdefault(wid, [])
+        runs.append(run)
+        while len(runs) > 1 and 2 * len(runs[-1]) >= len(runs[-2]):
+            last = runs.pop()
+            merged = np.concatenate([runs[-1], last])
+            merged.sort(kind="stable")  # two sorted runs: a linear merge
+            runs[-1] = merged
 
 
 __all__ = ["Admit", "SeenIds", "repeats_in_events", "repeats_in_frame"]

@@ -112,9 +112,7 @@ class Engine:
             for key in ("size", "lateness", "max_future", "stale_s"):
                 state.pop(key)
             state["clock"] = clock
-            seen_ids = SeenIds(state["cfg"].limits.dedupe_max_ids)
-            seen_ids.by_window = state.pop("ids")
-            state["seen_ids"] = seen_ids
+            state["seen_ids"] = SeenIds.restore(state["cfg"].limits.dedupe_max_ids, state.pop("ids"))
         self.__dict__.update(state)
 
     # -- what callers read -------------------------------------------------------------------------
@@ -148,6 +146,7 @@ class Engine:
         out: list[Output] = []
         clock = self.clock
         clock.heard(partition, now)
+        self.seen_ids.settle()  # ids merged by hash: `admit` reads their text
         alone = clock.alone(partition)
         place = clock.place
         see = clock.see
@@ -199,11 +198,11 @@ class Engine:
     def feed_partial(self, part: Partial, partition: str, items: Callable[[], list[Event | DecodeError]],
                      locate: Callable[[int], str] | None = None, now: float | None = None, *,
                      fits: bool = False) -> list[Output]:
-        """Process a chunk summarised where it was decoded (see partial.py).
+        """Process a batch summarised where it was decoded (see partial.py).
 
         The summary is merged when no event in it is late, future or a
         duplicate under this clock, as `feed` would have found event by event;
-        otherwise the chunk's events (`items()`) go through `feed`.  Either way
+        otherwise the batch's events (`items()`) go through `feed`.  Either way
         the verdicts are those of `feed` over the same events.  `fits`: the
         caller has just checked `fits` under this clock (no second check).
         """
@@ -218,19 +217,28 @@ class Engine:
         caps.admit_values(part.labels)
         for w in part.windows:
             self._window(w.wid).merge_relabeled(w.stats, caps)
-            if w.request_ids:
-                self.seen_ids.remember(w.wid, w.request_ids)
             for variant, keys in w.sticky.items():
                 self.sticky.see_many(variant, keys, w.wid)
+        ids = part.ids
+        for wid, hashes in ids.hashes.items():
+            self.seen_ids.remember(wid, hashes, ids.text[wid])
         ts = part.ts if part.repeated is None else part.ts[~part.repeated]
         out = self._close_due() if self.clock.see_top(float(ts.max()), partition) else []
         self.totals["events_in"] += part.events
         return out
 
     def fits(self, part: Partial, partition: str, now: float | None = None) -> bool:
-        """Whether `feed` would accept every event of the chunk as it is (none late, future or repeated)."""
+        """Whether `feed` would accept every event of the batch as it is (none late, future or repeated).
+
+        Call `heard` for the batch's partition first (`feed_partial` does).
+        """
+        seen_ids = self.seen_ids
         return (self.clock.fits(part.ts, partition, now=now, repeated=part.repeated, wids=part.wids)
-                and all(self.seen_ids.fits(w.wid, w.request_ids) for w in part.windows if w.request_ids))
+                and all(seen_ids.fits(wid, hashes) for wid, hashes in part.ids.hashes.items()))
+
+    def heard(self, partition: str, now: float | None = None) -> None:
+        """A partition delivered data (at wall time `now`, live runs): before `fits`, as `feed` does."""
+        self.clock.heard(partition, now)
 
     def _window(self, wid: int) -> WindowStats:
         """Window `wid`, opened if need be (it must not have closed)."""

@@ -1,9 +1,9 @@
 """The Bytewax dataflow: source -> decode + summarise -> judge (clock, windows, gates) -> sinks.
 
 Sources emit `Chunk`s (micro-batches of raw messages) so that Bytewax moves a
-few large items instead of one item per event; decoding and the per-window
-summary (`pipeline.aggregate.partial`) run on the worker that read the chunk, so more
-processes mean more decoding capacity.  Judging needs one stream-wide
+few large items instead of one item per event; decoding (column-wise, into a
+frame) and the per-window summaries of its runs (`pipeline.feed`) run on the
+worker that read the chunk, so more processes mean more decoding capacity.  Judging needs one stream-wide
 watermark, so every chunk is keyed to a single key, routed to worker 0, and
 the `Engine` lives in one `stateful` step; its state pickles for recovery.
 Outputs leave keyed so file sinks stay on one worker.
@@ -22,15 +22,14 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
-from pipeline.aggregate.partial import Partial, summarize
 from pipeline.config import Config
-from pipeline.decode.codec import decode_batch
 from pipeline.engine import Engine, Output, Report
+from pipeline.feed import ChunkEvents, Feeder, Piece, decode_chunk
 from pipeline.io.chunk import Chunk
 from pipeline.io.health import SourceHealth
 from pipeline.io.journal import VerdictJournal
 from pipeline.io.lifecycle import STOP, failpoint, snapshot_taken
-from pipeline.model import DeadLetter, DecodeError, Event
+from pipeline.model import DeadLetter
 
 Flow = Dataflow  # what build_flow returns, for modules that must not import Bytewax themselves
 MAX_WORKERS = 32  # processes x threads per process a run may have in total
@@ -121,21 +120,15 @@ class Sinks:
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    """A decoded chunk on its way to the judge.
+    """A decoded chunk on its way to the judge: its pieces (`feed.split`) and the chunk itself.
 
-    Usually only its per-window summary (`partial`) travels, with the raw lines
-    in case the judge must take the events one by one; a chunk with a decode
-    error travels as `items` (items[i] came from chunk.lines[i]).
+    The raw lines travel with the pieces so the judge can decode again, with
+    `codec.decode`, just the piece it must take event by event.
     """
 
-    items: list[Event | DecodeError] | None
-    partial: Partial | None
+    pieces: list[Piece]
     chunk: Chunk
     max_bytes: int
-
-    def redecode(self) -> list[Event | DecodeError]:
-        """The chunk's events, for the judge's event-by-event path."""
-        return decode_batch(self.chunk.lines, self.max_bytes)
 
 
 @dataclass
@@ -153,6 +146,7 @@ class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
                  clock: Callable[[], float] | None, health: SourceHealth | None,
                  journal: VerdictJournal | None = None) -> None:
         self.engine = engine
+        self.feeder = Feeder(engine)  # keeps nothing the engine's snapshot does not
         self.control = control
         self.clock = clock  # set only for live sources: wall time drives the idle rule
         self.health = health
@@ -180,10 +174,8 @@ class _JudgeLogic(StatefulLogic[Decoded, Output, Engine]):
                 self.health.note(chunk.partition, len(chunk.lines), chunk.lag)
         if not chunk.lines and not chunk.last:
             return [], False  # a lag reading only: no data, so no sign of life for the idle rule
-        if value.partial is not None:
-            out = self.engine.feed_partial(value.partial, chunk.partition, value.redecode, chunk.locate, now)
-        else:
-            out = self.engine.feed(value.items or [], chunk.partition, chunk.locate, now)
+        out = self.feeder.feed(value.pieces, ChunkEvents(chunk.lines, chunk.locate, value.max_bytes),
+                               chunk.partition, now)
         if chunk.timestamps is not None:
             _keep_origin(out, chunk)
         if chunk.last:
@@ -229,17 +221,13 @@ def _keep_origin(out: list[Output], chunk: Chunk) -> None:
 
 
 def _decoder(cfg: Config) -> Callable[[Chunk], Decoded]:
-    """Decode a chunk and summarise it per window, on the worker that read it."""
+    """Decode a chunk column-wise and summarise its runs per window, on the worker that read it."""
     max_bytes = cfg.limits.max_event_bytes
     size = cfg.windows.size_s
     variants = (cfg.control, cfg.canary)
 
     def decode(chunk: Chunk) -> Decoded:
-        items = decode_batch(chunk.lines, max_bytes)
-        partial = summarize(items, size, variants)
-        if partial is None:
-            return Decoded(items, None, chunk, max_bytes)
-        return Decoded(None, partial, chunk, max_bytes)
+        return Decoded(decode_chunk(chunk.lines, max_bytes, size, variants), chunk, max_bytes)
 
     return decode
 

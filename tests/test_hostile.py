@@ -40,6 +40,7 @@ from pipeline import scenarios
 from pipeline.aggregate.partial import summarize
 from pipeline.decode import codec
 from pipeline.engine import Engine, Output, Report
+from pipeline.feed import ChunkEvents, Feeder, decode_chunk
 from pipeline.flow import Sinks, build_flow
 from pipeline.io.chunk import Chunk
 from pipeline.model import DeadLetter, DecodeError, Event
@@ -127,7 +128,7 @@ WRONG_TYPES: dict[str, list[Any]] = {
 NUMERIC_FIELDS = ["latency_ms.tffb", "latency_ms.tusable", "latency_ms.tfinal", "status", "retrieval.k",
                   "retrieval.delta_s_q_r", "retrieval.coverage", "probe.paraphrase", "probe.seed",
                   "egress.tries"]
-UNBOUNDED_INTEGERS = {"retrieval.k", "probe.paraphrase", "probe.seed", "egress.tries"}  # no schema bounds
+UNBOUNDED_INTEGERS = {"retrieval.k", "egress.tries"}  # no schema bounds (probe's are signed 64-bit)
 # Literals that are not JSON (NaN, Infinity) or beyond every range (1e400, 10**400).
 BAD_NUMBERS = [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400", b"1" + b"0" * 400,
                b"-1" + b"0" * 400, b"1" + b"0" * 5000]
@@ -277,15 +278,14 @@ def _run_feed(lines: list[bytes], chunk: int) -> tuple[list[Output], Engine]:
 
 
 def _run_partial(lines: list[bytes], chunk: int) -> tuple[list[Output], Engine]:
+    """The dataflow's path: each chunk decoded into a frame, cut and summarised, fed by `Feeder`."""
     engine = Engine(CFG)
+    feeder = Feeder(engine)
     out: list[Output] = []
     for i in range(0, len(lines), chunk):
-        items = codec.decode_batch(lines[i : i + chunk], MAX_BYTES)
-        part = summarize(items, SIZE, (CFG.control, CFG.canary))
-        if part is None:
-            out += engine.feed(items)
-        else:
-            out += engine.feed_partial(part, "0", lambda items=items: items)
+        part = lines[i : i + chunk]
+        pieces = decode_chunk(part, MAX_BYTES, SIZE, (CFG.control, CFG.canary))
+        out += feeder.feed(pieces, ChunkEvents(part, str, MAX_BYTES), "0")
     out += engine.close()
     return out, engine
 

@@ -10,19 +10,22 @@ import sys
 from pathlib import Path
 
 import msgspec
+import numpy as np
 import polars as pl
 import pytest
 from conftest import ROOT
 
 from pipeline import config, frame, scenarios
-from pipeline.aggregate.partial import summarize
+from pipeline.aggregate.partial import summarize_frame
 from pipeline.aggregate.stats import WindowStats
 from pipeline.cli import main
+from pipeline.clock import windows_of
 from pipeline.decode import codec
+from pipeline.dedupe import repeats_in_events
 from pipeline.engine import Engine, Report
 from pipeline.model import DecodeError, Event
+from pipeline.population import label_row, sticky_keys, users_of
 from pipeline.replay import archive, whatif
-from pipeline.replay.summarize import summarize_frame
 
 MINUTES = 25
 
@@ -109,30 +112,50 @@ def _event(line: str) -> object:
     return msgspec.structs.replace(item, raw=b"") if isinstance(item, Event) else item.reason
 
 
-def test_summaries_equal_the_streams_partials() -> None:
-    """summarize_frame (polars) builds what partial.summarize (the stream) builds, window by window."""
+Reference = list[tuple[int, WindowStats, dict[str, list[str]]]]
+
+
+def _reference(events: list[Event], size: float, variants: tuple[str, ...]) -> Reference:
+    """Per window in order of first appearance, event by event: raw counters and sketches, sticky keys."""
+    kept, wids, _, _ = repeats_in_events(events, windows_of(np.array([e.ts for e in events]), size))
+    by_window: dict[int, list[Event]] = {}
+    for e, w in zip(kept, wids.tolist(), strict=True):
+        by_window.setdefault(w, []).append(e)
+    out = []
+    for wid, evs in by_window.items():
+        stats = WindowStats.new()
+        stats.add_many(evs, None)
+        out.append((wid, stats, sticky_keys(users_of(evs), variants)))
+    return out
+
+
+def test_summaries_equal_the_event_by_event_aggregates() -> None:
+    """summarize_frame (polars) builds what WindowStats builds event by event, window by window."""
     cfg = config.parse(scenarios.scenario_config("cache_prefix_collision"))
     items = [codec.decode(line) for line in scenarios.generate("cache_prefix_collision", 3, 8)]
     events = [e for e in items if isinstance(e, Event)]
     # repeats: the same request ids again, in the same window
     events = events + [e for e in events[-40:] if e.request_id is not None]
-    ours, _ = summarize_frame(frame.from_events(events, list(range(len(events)))),
-                                     cfg.windows.size_s, (cfg.control, cfg.canary))
-    theirs = summarize(list(events), cfg.windows.size_s, (cfg.control, cfg.canary))
-    assert theirs is not None
-    assert sorted(ours.repeats) == sorted(theirs.repeats) and len(ours.repeats) > 0
-    assert (ours.repeated == theirs.repeated).all()
-    assert set(ours.labels["rows"]) == set(theirs.labels["rows"])
-    assert [w.wid for w in ours.windows] == [w.wid for w in theirs.windows]
-    for a, b in zip(ours.windows, theirs.windows, strict=True):
-        assert {f: dict(c) for f, c in a.stats.c.items()} == {f: dict(c) for f, c in b.stats.c.items()}
-        assert {v: sorted(k) for v, k in a.sticky.items()} == {v: sorted(k) for v, k in b.sticky.items()}
-        mine, theirs_ = WindowStats.new(), WindowStats.new()
+    variants = (cfg.control, cfg.canary)
+    ours = summarize_frame(frame.from_events(events, list(range(len(events)))), cfg.windows.size_s, variants)
+    kept, _, repeated, repeats = repeats_in_events(events, windows_of(ours.ts, cfg.windows.size_s))
+    assert ours.repeats == repeats and len(repeats) > 0
+    assert repeated is not None and ours.repeated is not None and (ours.repeated == repeated).all()
+    assert ours.labels["rows"] == list(dict.fromkeys(map(label_row, kept)))
+    theirs = _reference(events, cfg.windows.size_s, variants)
+    assert [w.wid for w in ours.windows] == [wid for wid, _, _ in theirs]
+    for a, (wid, b, sticky) in zip(ours.windows, theirs, strict=True):
+        assert {f: dict(c) for f, c in a.stats.c.items()} == {f: dict(c) for f, c in b.c.items() if c}
+        assert {v: sorted(k) for v, k in a.sticky.items()} == {v: sorted(k) for v, k in sticky.items()}
+        ids = [e.request_id for e in kept
+               if e.request_id is not None and int(e.ts // cfg.windows.size_s) == wid]
+        assert ours.ids.values(wid) == ids
+        assert ours.ids.hashes[wid].tolist() == pl.Series(ids, dtype=pl.String).hash().to_list()
+        mine = WindowStats.new()
         mine.merge(a.stats)
-        theirs_.merge(b.stats)
-        assert mine.latency.keys() == theirs_.latency.keys()
+        assert mine.latency.keys() == b.latency.keys()
         for key, sketches in mine.latency.items():
-            for x, y in zip(sketches, theirs_.latency[key], strict=True):
+            for x, y in zip(sketches, b.latency[key], strict=True):
                 assert (x.counts == y.counts).all() and x.zero == y.zero
 
 

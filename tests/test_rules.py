@@ -206,10 +206,16 @@ def test_the_codec_refuses_what_each_rule_refuses(path: str) -> None:
         assert refused(path, 2.5) == f"Expected `int`, got `float` 2.5 - at `$.{path}`"
         lo = rule.lo if rule.lo is not None else 100
         assert isinstance(decode(changed(path, float(lo))), Event)
+    step = 1 if rule.kind == "int" else 0.5  # an integer's bound is passed by one (2**63 - 0.5 is 2**63)
     if rule.lo is not None:
-        assert f"at `$.{path}`" in refused(path, rule.lo - 0.5)
+        assert f"at `$.{path}`" in refused(path, rule.lo - step)
     if rule.hi is not None:
-        assert f"at `$.{path}`" in refused(path, rule.hi + 0.5)
+        assert f"at `$.{path}`" in refused(path, rule.hi + step)
+    if rule.kind == "int" and rule.lo is not None and rule.hi is not None:
+        bounds = f"Expected `int` in {rule.lo}..{rule.hi}"
+        assert refused(path, rule.hi + 1) == f"{bounds}, got {rule.hi + 1} - at `$.{path}`"
+        assert isinstance(decode(changed(path, rule.hi)), Event)
+        assert isinstance(decode(changed(path, rule.lo)), Event)
 
 
 def accepted_by_columns(docs: list[dict[str, Any]]) -> list[bool]:
@@ -249,9 +255,10 @@ def test_the_column_checks_refuse_what_each_rule_refuses() -> None:
             docs.append(changed(path, ""))
         if rule.values:
             docs.append(changed(path, "x" + rule.values[0]))
-        if rule.lo is not None:
+        # An Int64 column holds nothing beyond signed 64 bits: those bounds have nothing to refuse.
+        if rule.lo is not None and rule.lo > rules.INT64_MIN:
             docs.append(changed(path, rule.lo - 1))
-        if rule.hi is not None:
+        if rule.hi is not None and rule.hi < rules.INT64_MAX:
             docs.append(changed(path, rule.hi + 1))
         if rule.kind == "float":
             docs += [changed(path, float("nan")), changed(path, float("inf"))]

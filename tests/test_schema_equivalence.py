@@ -87,6 +87,12 @@ integers = st.one_of(
     st.integers(min_value=-(2**53), max_value=2**53).map(float),
     st.sampled_from([1e20, -1e300, 2.0**80]),
 )
+# Signed 64-bit integers (probe paraphrase and seed), integral floats among them.
+int64s = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=-(2**53), max_value=2**53).map(float),
+    st.sampled_from([-(2**63), 2**63 - 1, -(2.0**63), 1e18]),
+)
 milliseconds = st.one_of(
     st.integers(min_value=0, max_value=10**300),
     st.floats(min_value=0, max_value=MAX_FLOAT),
@@ -176,7 +182,7 @@ BLOCKS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     ),
     "retrieval": retrievals(),
     "probe": st.fixed_dictionaries(
-        {"question_id": strings, "topic": strings, "paraphrase": integers, "seed": integers}
+        {"question_id": strings, "topic": strings, "paraphrase": int64s, "seed": int64s}
     ),
     "cache": st.fixed_dictionaries({"prefix": strings, "hit": st.booleans()}),
     "egress": st.fixed_dictionaries(
@@ -291,6 +297,7 @@ wild_values = st.one_of(
     json_values,
     any_timestamps,
     integers,
+    int64s,
     milliseconds,
     units,
     statuses,

@@ -4,7 +4,7 @@ The safety net of refactoring: for each scenario, at its own stage (50%) and at
 1% (other gates stop there), the verdict records, the per-window records and
 the dead letters must equal, byte for byte, those recorded in
 tests/golden/timelines/.  The stream side is the dataflow's judge fed as the
-dataflow feeds it (decode + summarise per chunk, then `Engine.feed_partial`),
+dataflow feeds it (`feed.decode_chunk` per chunk, then `feed.Feeder`),
 once with chunks of 500 messages and once event by event; the replay side is
 `replay` over a JSONL archive and over Parquet.
 
@@ -25,9 +25,8 @@ import pytest
 
 from pipeline import config as config_mod
 from pipeline import scenarios
-from pipeline.aggregate.partial import summarize
-from pipeline.decode.codec import decode_batch
 from pipeline.engine import Engine, Report
+from pipeline.feed import ChunkEvents, Feeder, decode_chunk
 from pipeline.replay.archive import open_archives, write_parquet
 from pipeline.replay.run import replay
 
@@ -60,20 +59,18 @@ def _records(outputs: list, cfg: config_mod.Config) -> list[bytes]:
 
 def _stream(cfg: config_mod.Config, lines: list[bytes], chunk: int) -> list[bytes]:
     engine = Engine(cfg)
+    feeder = Feeder(engine)
     variants = (cfg.control, cfg.canary)
+    max_bytes = cfg.limits.max_event_bytes
     out = []
     for start in range(0, len(lines), chunk):
         piece = lines[start:start + chunk]
-        items = decode_batch(piece)
 
         def locate(i: int, start: int = start) -> str:
             return f"archive.jsonl:{start + i + 1}"
 
-        partial = summarize(items, cfg.windows.size_s, variants)
-        if partial is None:
-            out.extend(engine.feed(items, "0", locate))
-        else:
-            out.extend(engine.feed_partial(partial, "0", lambda items=items: items, locate))
+        pieces = decode_chunk(piece, max_bytes, cfg.windows.size_s, variants)
+        out.extend(feeder.feed(pieces, ChunkEvents(piece, locate, max_bytes), "0"))
     out.extend(engine.close())
     return _records(out, cfg)
 

@@ -69,7 +69,8 @@ def _add_run(run: argparse.ArgumentParser) -> None:
                      help="join a cluster across machines: every process's address, in process order "
                      "(run the same command on each machine with its --process-id)")
     run.add_argument("--process-id", type=int, help="this process's index in --addresses")
-    run.add_argument("--batch-size", type=int, default=1000, help="messages per micro-batch")
+    run.add_argument("--batch-size", type=int, default=5000,
+                     help="messages per micro-batch, at most (a read takes what has arrived)")
     run.add_argument("--board", choices=("auto", "on", "off"), default="auto",
                      help="live terminal board (auto: when stdout is a terminal)")
     run.add_argument("--recovery-dir", metavar="DIR",

@@ -40,7 +40,7 @@ class RunOptions:
     metrics_port: int = 0
     metrics_addr: str = "0.0.0.0"
     workers: int = 1
-    batch_size: int = 1000
+    batch_size: int = 5000  # messages per micro-batch: see --batch-size
     board_on: bool = False
     config_path: str | None = None
     until_end: bool = False

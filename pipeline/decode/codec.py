@@ -4,7 +4,8 @@ The hot path validates with msgspec structs built from `rules` (C speed, no
 per-event jsonschema) plus a few explicit checks msgspec cannot express, with
 their bounds and names from `rules` too: RFC 3339 timestamps (`timestamps`),
 integral floats for integer fields (JSON Schema's ``integer`` accepts ``2.0``),
-the status range, and alias/canonical pairs that must not both be present.  A
+the bounds of integer fields (status, probe paraphrase and seed), and
+alias/canonical pairs that must not both be present.  A
 property test keeps this decoder and the JSON Schema in agreement.
 """
 
@@ -23,6 +24,8 @@ from pipeline.model import DeadLetterReason, DecodeError, Event
 
 _LAMBDA_INDEX = rules.LAMBDA_CODES  # symbols and words -> index into LAMBDA_STATES
 _STATUS_MIN, _STATUS_MAX = rules.STATUS_RANGE
+_PARAPHRASE_MIN, _PARAPHRASE_MAX = rules.INT_BOUNDS["probe.paraphrase"]  # signed 64-bit, as frames hold them
+_SEED_MIN, _SEED_MAX = rules.INT_BOUNDS["probe.seed"]
 
 # The message's structs, built from the rules: the attribute of a field is its JSON name
 # (`delta_s` for ΔS_q_r, `lam` for λ_state, see rules.Rule.attr).
@@ -117,7 +120,12 @@ def _to_event(t: Any, raw: bytes) -> Event:
         question, topic = p.question_id, p.topic
         paraphrase = (p.paraphrase if type(p.paraphrase) is int
                       else _integer(p.paraphrase, "$.probe.paraphrase"))
+        if not _PARAPHRASE_MIN <= paraphrase <= _PARAPHRASE_MAX:
+            raise SchemaViolation("$.probe.paraphrase",
+                                  f"Expected `int` in {_PARAPHRASE_MIN}..{_PARAPHRASE_MAX}, got {paraphrase}")
         seed = p.seed if type(p.seed) is int else _integer(p.seed, "$.probe.seed")
+        if not _SEED_MIN <= seed <= _SEED_MAX:
+            raise SchemaViolation("$.probe.seed", f"Expected `int` in {_SEED_MIN}..{_SEED_MAX}, got {seed}")
 
     e = t.egress
     if e is not UNSET and e.tries is not UNSET and type(e.tries) is not int:

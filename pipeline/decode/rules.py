@@ -39,6 +39,8 @@ from pipeline.model import LAMBDA_STATES
 Kind = Literal["ts", "str", "bool", "int", "float"]
 
 MAX_FLOAT = sys.float_info.max  # JSON numbers are finite: the largest a float holds
+# Integers the Event keeps are signed 64-bit: the frame, Parquet and the stream hold the same values.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 LAMBDA_WORDS = ("convergent", "divergent", "recursive", "chaotic")  # ASCII words, in LAMBDA_STATES' order
 # symbols and words -> index into LAMBDA_STATES
 LAMBDA_CODES: Mapping[str, int] = {
@@ -50,7 +52,8 @@ LAMBDA_CODES: Mapping[str, int] = {
 class Rule:
     """One field of the message and what is accepted in it.
 
-    `lo`/`hi` bound a number (inclusive; a float is also finite); `values`
+    `lo`/`hi` bound a number (inclusive; a float is also finite; an integer
+    the Event keeps is bounded to signed 64 bits, as frames hold it); `values`
     are the allowed strings; `codes` maps them to the integer the Event holds
     (else the Event holds the value itself).  `absent` is the Event's value
     when the field is missing (`default` is the value the message means by a
@@ -131,8 +134,9 @@ MESSAGE: tuple[Rule | Block, ...] = (
     Block("probe", (
         Rule("question_id", "str", required=True, dictionary=True, event="probe_question"),
         Rule("topic", "str", required=True, dictionary=True, event="probe_topic"),
-        Rule("paraphrase", "int", required=True, event="probe_paraphrase", absent=0),
-        Rule("seed", "int", required=True, event="probe_seed", absent=0),
+        Rule("paraphrase", "int", required=True, lo=INT64_MIN, hi=INT64_MAX, event="probe_paraphrase",
+             absent=0),
+        Rule("seed", "int", required=True, lo=INT64_MIN, hi=INT64_MAX, event="probe_seed", absent=0),
     )),
     Block("cache", (
         Rule("prefix", "str", required=True, dictionary=True, event="cache_prefix"),
@@ -165,6 +169,10 @@ LEAVES: dict[str, Rule] = dict(leaves())
 EVENT_SOURCES: dict[str, str] = {rule.event: path for path, rule in LEAVES.items() if rule.event}
 STATUS = TOP["status"]
 STATUS_RANGE = (int(STATUS.lo or 0), int(STATUS.hi or 0))
+# Integer fields with bounds, as the codec checks them: dotted path -> (lo, hi).
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    path: (int(rule.lo), int(rule.hi)) for path, rule in LEAVES.items()
+    if rule.kind == "int" and rule.lo is not None and rule.hi is not None}
 ALIASES: tuple[tuple[str, str, str], ...] = tuple(  # (block, canonical, alias)
     (block.name, rule.name, rule.alias) for block in BLOCKS.values() for rule in block.fields if rule.alias)
 
@@ -250,6 +258,7 @@ def msgspec_struct(name: str, items: tuple[Rule | Block, ...]) -> type[msgspec.S
 
 
 __all__ = [
-    "ALIASES", "BLOCKS", "EVENT_SOURCES", "FRAME_DTYPES", "LAMBDA_CODES", "LEAVES", "MESSAGE",
-    "REQUIRED", "STATUS_RANGE", "TOP", "Block", "Rule", "frame_dtype", "layout_dtype", "msgspec_struct",
+    "ALIASES", "BLOCKS", "EVENT_SOURCES", "FRAME_DTYPES", "INT64_MAX", "INT64_MIN", "INT_BOUNDS",
+    "LAMBDA_CODES", "LEAVES", "MESSAGE", "REQUIRED", "STATUS_RANGE", "TOP", "Block", "Rule", "frame_dtype",
+    "layout_dtype", "msgspec_struct",
 ]

@@ -186,7 +186,7 @@ class _FilePartition(StatefulSourcePartition[Chunk, int]):
 class JsonlSource(FixedPartitionedSource[Chunk, int]):
     """Reads a JSONL file (plain, .gz or '-') in micro-batches, as one partition."""
 
-    def __init__(self, path: str, batch_size: int = 1000) -> None:
+    def __init__(self, path: str, batch_size: int = 5000) -> None:
         if path != "-" and not Path(path).is_file():
             raise FileNotFoundError(f"source file not found: {path}")
         self.path = path

@@ -357,7 +357,7 @@ class KafkaTelemetrySource(FixedPartitionedSource[Chunk, int | None]):
     """
 
     def __init__(self, url: KafkaUrl, extra: dict[str, str], *, starting: str = "earliest",
-                 batch_size: int = 1000, stop_at: dict[int, int] | None = None,
+                 batch_size: int = 5000, stop_at: dict[int, int] | None = None,
                  low_offsets: dict[int, int] | None = None,
                  partition_ids: list[int] | None = None,
                  broker_timeout_s: float = BROKER_TIMEOUT_S) -> None:

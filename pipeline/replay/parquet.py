@@ -65,7 +65,7 @@ naming it, dotted in either layout ("column `latency_ms.tffb` is missing").
 `write_parquet` decodes every line with `codec.decode`: accepted lines become
 typed rows (aliases resolved to the canonical names, λ as its symbol, status
 and integral floats as Int64); rejected lines, and the few accepted ones a
-typed row cannot hold exactly (an integer beyond Int64, an event time outside
+typed row cannot hold exactly (`retrieval.k` or `egress.tries` beyond Int64, an event time outside
 the years 1698..2242 where float seconds -> microseconds is exact), are kept
 in `raw`.  Lines are typed in chunks of 65,536 and streamed to one file through
 a polars sink (an IO-plugin source), so memory stays flat: 5M events in 75-90 s
@@ -96,9 +96,9 @@ and mapping.  `Batch.raws` writes typed rows' JSON column-wise too (about
 120k rows/s).
 
 Limits: `max_bytes` (limits.max_event_bytes) applies to JSONL lines and raw
-rows; a typed row has no message size and is not checked against it.  An
-event whose probe paraphrase or seed does not fit Int64 (frame.SCHEMA) is a
-`schema` dead letter in a replay although the stream accepts it.
+rows; a typed row has no message size and is not checked against it.  Probe
+paraphrase and seed are signed 64-bit by the rules (`rules.INT64_MIN`..
+`INT64_MAX`), so every accepted event fits frame.SCHEMA's Int64 columns.
 """
 
 from __future__ import annotations
@@ -124,14 +124,11 @@ from pipeline.decode import codec, columns, rules, timestamps
 from pipeline.decode.rules import Block, Rule
 from pipeline.model import DecodeError, Event
 from pipeline.replay.archive import (
-    _INT64_MAX,
-    _INT64_MIN,
     BLOCKS,
     LAYOUT,
     NESTED_LAYOUT,
     ArchiveError,
     Batch,
-    _events_frame,
     _one_line,
 )
 
@@ -187,8 +184,7 @@ def _extras_struct() -> type[msgspec.Struct]:
 
 
 _Extras: Any = _extras_struct()
-# Integer fields a typed row holds as Int64: (Event field or "", block or "", extras attribute).
-_EVENT_INTS = tuple(r.event for r in rules.LEAVES.values() if r.kind == "int" and r.event)
+# Integer fields a typed row holds as Int64 that the rules do not bound (an Event's are: signed 64-bit).
 _EXTRA_INTS = tuple((block, r.key) for path, r in rules.LEAVES.items() if r.kind == "int" and not r.event
                     for block in [path.rpartition(".")[0]])
 _extras_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(_Extras)
@@ -203,7 +199,7 @@ def _as_int64(value: int | float | None) -> int | None:
     if value is None:
         return None
     number = int(value)
-    if not _INT64_MIN <= number <= _INT64_MAX:
+    if not rules.INT64_MIN <= number <= rules.INT64_MAX:
         raise ValueError(number)
     return number
 
@@ -278,8 +274,6 @@ def _typed_chunk(lines: list[bytes]) -> pl.DataFrame:
                 # What a typed row cannot hold exactly stays raw.
                 if not -_TYPED_TS_LIMIT < decoded.ts < _TYPED_TS_LIMIT:
                     raise ValueError(decoded.ts)
-                for name in _EVENT_INTS:
-                    _as_int64(getattr(decoded, name))
                 for block, name in _EXTRA_INTS:
                     holder = getattr(extra, block) if block else extra
                     if holder is not None:
@@ -658,7 +652,7 @@ class ParquetPlan:
                 rows.append(r)
             else:
                 dead.append((r, _explain_non_finite(decoded, odd)))
-        extra = _events_frame(events, rows, dead)
+        extra = frames.from_events(events, rows)
         if len(extra):
             good = pl.concat([good, extra]).sort("row")
         return good, dead

@@ -8,11 +8,13 @@ keys per window) with a handful of group-bys, and the stream's `Engine` merges
 them under its event-time clock, label caps and horizon and judges every
 window with `gates.judge`.  So a replay says what the stream would have said:
 
-* a batch is merged whole only when the engine finds no event in it late,
-  future or a duplicate under its clock (`Engine.fits`, as for the stream's
-  partial aggregates); otherwise it is split in halves down to small pieces,
-  and a small piece goes through `Engine.feed` event by event;
-* dead letters are fed in their place in the stream, between the segments of
+* a batch is cut and fed exactly as the stream's judge feeds a chunk
+  (pipeline/feed.py: the same pieces, the same `Feeder`): a run of valid
+  events is merged whole only when the engine finds no event in it late,
+  future or a duplicate under its clock (`Engine.fits`); otherwise it is
+  summarised again in halves down to small pieces, and a small piece goes
+  through `Engine.feed` event by event;
+* dead letters are fed in their place in the stream, between the runs of
   valid events around them, so each counts in the window the stream counts it.
 
 `rejudge` re-runs the gates and decisions over the kept closed windows under
@@ -22,40 +24,63 @@ other thresholds (what-if), without reading the archive again.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-import numpy as np
-import numpy.typing as npt
 import orjson
 import polars as pl
 
 from pipeline import frame as frames
-from pipeline.aggregate.stats import (
-    ClosedWindow,
-)
-from pipeline.clock import windows_of
+from pipeline.aggregate.partial import summarize_frame
+from pipeline.aggregate.stats import ClosedWindow
 from pipeline.config import Config
 from pipeline.engine import Engine, Output, Report
+from pipeline.feed import Feeder, Run, Summary, split
 from pipeline.gates import Context
 from pipeline.model import DecodeError, Event, Verdict, format_time
-from pipeline.replay.summarize import RequestIds, summarize_frame
 
 PARTITION = "0"  # an archive is one stream, as a file source is
-SMALL = 512  # segments shorter than this are fed event by event (a summary costs more)
-SPLIT_MIN = 4096  # a misfitting batch is halved down to this size, then fed event by event
+
+
+@dataclass(frozen=True, slots=True)
+class _FrameEvents:
+    """Replay's `feed.Events`: a batch's frame, and its lines for the dead letters' `line`."""
+
+    frame: pl.DataFrame
+    name: str
+    raws: Callable[[Sequence[int]], list[bytes]]
+    size: float
+    variants: tuple[str, ...]
+
+    def events_of(self, start: int, stop: int) -> pl.DataFrame:
+        return self.frame.slice(start, stop - start)
+
+    def events(self, piece: Summary | Run) -> tuple[list[Event | DecodeError], Sequence[int]]:
+        piece_frame = self.events_of(piece.start, piece.stop)
+        rows = piece_frame["row"].to_list()
+        return list(frames.to_events(piece_frame, self.raws(rows))), rows
+
+    def locate(self, row: int) -> str:
+        return f"{self.name}:{row + 1}"  # 1-based, as the file source counts
+
+    def halves(self, piece: Summary) -> tuple[Summary, Summary]:
+        mid = (piece.start + piece.stop) // 2
+        first, second = self.events_of(piece.start, mid), self.events_of(mid, piece.stop)
+        return (Summary(piece.start, mid, piece.row, summarize_frame(first, self.size, self.variants)),
+                Summary(mid, piece.stop, int(second["row"][0]),
+                        summarize_frame(second, self.size, self.variants)))
 
 
 class Replayer:
-    """Feeds decoded batches to an `Engine` in stream order; returns what closes.
+    """Feeds decoded batches to an `Engine` in stream order, as the stream's judge does; returns what closes.
 
-    Request ids of open windows are kept here as hashes (to check a batch for
-    duplicates of earlier ones) and as text, handed to the engine only when a
-    piece has to go through `Engine.feed`, which checks them one by one.
+    Each batch is cut into pieces (`feed.split`: summaries of long runs, short
+    runs, dead letters in their place) and fed by the stream's `feed.Feeder`;
+    a long summary that does not fit is summarised again in halves, since the
+    frame is at hand.
     """
 
     def __init__(self, cfg: Config, keep: bool = True) -> None:
@@ -64,10 +89,17 @@ class Replayer:
         if keep:
             self.engine.kept = []
         self.variants = (cfg.control, cfg.canary)
-        self.hashes: dict[int, list[npt.NDArray[np.uint64]]] = {}  # open window -> request id hashes
-        self.pending: dict[int, list[RequestIds]] = {}  # ... -> request ids the engine has not got
-        self.summarized = 0  # events merged as batch summaries
-        self.one_by_one = 0  # events fed one by one (small pieces, or a late/future/duplicate inside)
+        self.feeder = Feeder(self.engine)
+
+    @property
+    def summarized(self) -> int:
+        """Events merged as batch summaries."""
+        return self.feeder.summarized
+
+    @property
+    def one_by_one(self) -> int:
+        """Events fed one by one (short runs, or a late/future/duplicate inside)."""
+        return self.feeder.one_by_one
 
     def feed(self, events: pl.DataFrame, dead: Sequence[tuple[int, DecodeError]],
              name: str, raws: Callable[[Sequence[int]], list[bytes]]) -> list[Output]:
@@ -75,102 +107,14 @@ class Replayer:
 
         `name` prefixes the dead letters' `source` ("name:line", 1-based as the
         file source counts); `raws(rows)` gives the original messages of rows.
-        Runs of valid events between dead letters are summarised when long;
-        short ones go to the engine together with the dead letters around them.
         """
-        out: list[Output] = []
-        rows = events["row"].to_numpy()
-        start = 0
-        mixed: list[pl.DataFrame | tuple[int, DecodeError]] = []
-        for row, error in dead:
-            end = int(np.searchsorted(rows, row))
-            if end - start >= SMALL:
-                out.extend(self._one_by_one(mixed, name, raws))
-                mixed = []
-                out.extend(self._segment(events.slice(start, end - start), name, raws))
-            elif end > start:
-                mixed.append(events.slice(start, end - start))
-            mixed.append((row, error))
-            start = end
-        out.extend(self._one_by_one(mixed, name, raws))
-        out.extend(self._segment(events.slice(start), name, raws))
-        self._forget_closed()
-        return out
+        size = self.engine.window_size
+        pieces = split(events, list(dead), size, self.variants)
+        return self.feeder.feed(pieces, _FrameEvents(events, name, raws, size, self.variants), PARTITION)
 
     def close(self) -> list[Output]:
         """End of the archives: every open window closes."""
         return self.engine.close()
-
-    def _segment(self, events: pl.DataFrame, name: str,
-                 raws: Callable[[Sequence[int]], list[bytes]]) -> list[Output]:
-        n = len(events)
-        if n == 0:
-            return []
-        if self.engine.watermark == -math.inf and n > SMALL:
-            # The first events start the clock; until then the engine judges staleness one by one.
-            return (self._segment(events.slice(0, SMALL), name, raws)
-                    + self._segment(events.slice(SMALL), name, raws))
-        if n >= SMALL:
-            part, ids = summarize_frame(events, self.engine.window_size, self.variants, self.engine.caps)
-            if self._ids_fit(ids) and self.engine.fits(part, PARTITION):
-                self.summarized += n
-                for wid, hashes in ids.hashes.items():
-                    self.hashes.setdefault(wid, []).append(hashes)
-                    self.pending.setdefault(wid, []).append(ids)
-                return self.engine.feed_partial(part, PARTITION, list, fits=True)
-            if n > SPLIT_MIN:
-                half = n // 2
-                return (self._segment(events.slice(0, half), name, raws)
-                        + self._segment(events.slice(half), name, raws))
-        return self._one_by_one([events], name, raws)
-
-    def _one_by_one(self, pieces: Sequence[pl.DataFrame | tuple[int, DecodeError]], name: str,
-                    raws: Callable[[Sequence[int]], list[bytes]]) -> list[Output]:
-        """Feed events and dead letters in order through `Engine.feed`, as the stream does."""
-        if not pieces:
-            return []
-        seen_ids = self.engine.seen_ids  # the engine checks duplicates against every id of the window
-        for wid, batches in self.pending.items():
-            if self.engine.is_open(wid):
-                for batch in batches:
-                    seen_ids.remember(wid, batch.values(wid))
-        self.pending.clear()
-        items: list[Event | DecodeError] = []
-        sources: list[int] = []
-        for piece in pieces:
-            if isinstance(piece, tuple):
-                sources.append(piece[0])
-                items.append(piece[1])
-                continue
-            self.one_by_one += len(piece)
-            wids = windows_of(piece["ts"].to_numpy(), self.engine.window_size)
-            hashes = piece["request_id"].hash().to_numpy()
-            present = piece["request_id"].is_not_null().to_numpy()
-            for wid in np.unique(wids[present]).tolist():  # a superset of what the engine keeps: safe
-                self.hashes.setdefault(wid, []).append(hashes[present & (wids == wid)])
-            rows = piece["row"].to_list()
-            sources.extend(rows)
-            items.extend(frames.to_events(piece, raws(rows)))
-        return self.engine.feed(items, PARTITION, locate=lambda i: f"{name}:{sources[i] + 1}")
-
-    def _ids_fit(self, ids: RequestIds) -> bool:
-        """No request id of the batch came before in its window, and the windows keep them all.
-
-        `SeenIds.fits` on hashes: the ids merged but not yet handed to the engine count as its own.
-        """
-        for wid, new in ids.hashes.items():
-            waiting = sum(len(batch.rows[wid]) for batch in self.pending.get(wid, []))
-            if not self.engine.seen_ids.keeps_all(wid, waiting + len(new)):
-                return False
-            old = self.hashes.get(wid)
-            if old is not None and np.isin(new, np.concatenate(old) if len(old) > 1 else old[0]).any():
-                return False  # a repeat, or a hash collision: either way `feed` decides exactly
-        return True
-
-    def _forget_closed(self) -> None:
-        for table in (self.hashes, self.pending):
-            for wid in [w for w in table if not self.engine.is_open(w)]:
-                del table[wid]
 
 
 # -- a whole replay ----------------------------------------------------------------------------------
