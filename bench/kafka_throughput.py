@@ -42,11 +42,11 @@ from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: E402
 
 from pipeline import scenarios  # noqa: E402
-from pipeline.io import kafka  # noqa: E402
+from pipeline.io import chunk, kafka  # noqa: E402
 
 SCALE = 100.0
 TOPIC = "telemetry-bench"
-BATCH_SIZE = 5000  # (b) and (c) run with --batch-size BATCH_SIZE; (a) consumes batches of it
+BATCH_SIZE = chunk.BATCH_SIZE  # (b) and (c) run with --batch-size BATCH_SIZE; (a) consumes batches of it
 POLL_TIMEOUT_S = 0.001  # _TelemetryPartition.next_batch: consume(batch_size, 0.001)
 
 

@@ -29,9 +29,9 @@ from pipeline.decode.codec import decode_batch  # noqa: E402
 from pipeline.engine import Engine  # noqa: E402
 from pipeline.feed import ChunkEvents, Feeder, decode_chunk  # noqa: E402
 from pipeline.flow import Sinks, build_flow  # noqa: E402
-from pipeline.io.chunk import Chunk  # noqa: E402
+from pipeline.io.chunk import BATCH_SIZE, Chunk  # noqa: E402
 
-BATCH = 5000
+BATCH = BATCH_SIZE
 
 
 def stream(scenario: str, events: int) -> tuple[list[bytes], config_mod.Config]:

@@ -98,7 +98,8 @@ def test_a_non_utf8_config_is_one_line_at_start_and_not_reloaded_on_sighup(tmp_p
     # A live run: paused at its 3rd chunk so the reload lands mid-run by construction.
     config = tmp_path / "rollout.toml"
     config.write_text(CONFIG)
-    proc = _start(tmp_path, config=config, env={"CANARY_GATE_FAILPOINT": "chunk:3:pause"})
+    proc = _start(tmp_path, "--batch-size", "2000", config=config,
+                  env={"CANARY_GATE_FAILPOINT": "chunk:3:pause"})
     assert proc.stderr is not None
     for line in proc.stderr:
         if "failpoint chunk:3: paused" in line:

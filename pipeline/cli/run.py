@@ -21,6 +21,7 @@ from pipeline.cli.cluster import cluster_of, start_followers, stop_followers
 from pipeline.cli.common import UsageError, is_kafka, say, writable
 from pipeline.cli.signals import install_reload, restore, signal_followers, stop_handlers_during_run
 from pipeline.io import recovery as recovery_mod
+from pipeline.io.chunk import BATCH_SIZE
 from pipeline.io.lifecycle import STOP, failpoint_error, failure, last_snapshot
 from pipeline.model import format_time
 
@@ -40,7 +41,7 @@ class RunOptions:
     metrics_port: int = 0
     metrics_addr: str = "0.0.0.0"
     workers: int = 1
-    batch_size: int = 5000  # messages per micro-batch: see --batch-size
+    batch_size: int = BATCH_SIZE  # messages per micro-batch: see --batch-size
     board_on: bool = False
     config_path: str | None = None
     until_end: bool = False

@@ -23,7 +23,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from pipeline.engine import Report
-from pipeline.io.chunk import Chunk
+from pipeline.io.chunk import BATCH_SIZE, Chunk
 from pipeline.io.lifecycle import STOP, fail, failpoint
 from pipeline.model import DeadLetter
 
@@ -186,7 +186,7 @@ class _FilePartition(StatefulSourcePartition[Chunk, int]):
 class JsonlSource(FixedPartitionedSource[Chunk, int]):
     """Reads a JSONL file (plain, .gz or '-') in micro-batches, as one partition."""
 
-    def __init__(self, path: str, batch_size: int = 5000) -> None:
+    def __init__(self, path: str, batch_size: int = BATCH_SIZE) -> None:
         if path != "-" and not Path(path).is_file():
             raise FileNotFoundError(f"source file not found: {path}")
         self.path = path

@@ -42,7 +42,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from pipeline.engine import Report
-from pipeline.io.chunk import Chunk
+from pipeline.io.chunk import BATCH_SIZE, Chunk
 from pipeline.io.lifecycle import STOP, fail, failpoint
 from pipeline.model import DeadLetter
 
@@ -357,7 +357,7 @@ class KafkaTelemetrySource(FixedPartitionedSource[Chunk, int | None]):
     """
 
     def __init__(self, url: KafkaUrl, extra: dict[str, str], *, starting: str = "earliest",
-                 batch_size: int = 5000, stop_at: dict[int, int] | None = None,
+                 batch_size: int = BATCH_SIZE, stop_at: dict[int, int] | None = None,
                  low_offsets: dict[int, int] | None = None,
                  partition_ids: list[int] | None = None,
                  broker_timeout_s: float = BROKER_TIMEOUT_S) -> None:
