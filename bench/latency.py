@@ -4,9 +4,11 @@ Starts its own broker and a live `canary-gate run` (Kafka in, verdicts to a Kafk
 topic), then produces generated events in real time (event time = wall time, at
 --rate events/s over 4 partitions).  A window [S, E) can close once every
 partition has delivered an event at or past E + allowed lateness (the watermark
-of SPEC section 4 passes its end); the producer records that wall time, and the
-verdict's publish time is its Kafka message timestamp (set when canary-gate
-produced it).  Windows are 2 s long so a run of a few minutes gives many samples.
+of SPEC section 4 passes its end); the producer records that wall time, and a
+consumer of the verdict topic, polling all along, records when each verdict
+arrives (an upper bound on its publish time: a verdict message's own timestamp
+is its window end, not when it was produced).  Windows are 2 s long so a run of
+a few minutes gives many samples.
 
 Usage: .venv/bin/python bench/latency.py [--seconds 120] [--rate 5000]
 """
@@ -18,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -62,6 +65,22 @@ def _events(start: datetime, seconds: int, rate: float) -> list[tuple[float, byt
     return out
 
 
+def _listen(bootstrap: str, published: dict[float, float], done: threading.Event) -> None:
+    """Record when each verdict (by window end) first arrives on the verdict topic, until `done`."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-latency",
+                         "fetch.wait.max.ms": "5", "fetch.min.bytes": "1"})
+    consumer.assign([TopicPartition("verdicts-live", 0, 0)])
+    try:
+        while not done.is_set():
+            msg = consumer.poll(0.05)
+            if msg is None or msg.error() is not None:
+                continue
+            end = parse_ts(orjson.loads(msg.value())["window_end"])
+            published.setdefault(end, time.time())
+    finally:
+        consumer.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=120, help="length of the live run")
@@ -89,6 +108,10 @@ def main() -> None:
                  f"kafka://{bootstrap}/telemetry-live", "--verdicts", f"kafka://{bootstrap}/verdicts-live",
                  "--dead-letters", str(tmp / "dead.jsonl"), "--board", "off"],
                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            published: dict[float, float] = {}
+            done = threading.Event()
+            listener = threading.Thread(target=_listen, args=(bootstrap, published, done), daemon=True)
+            listener.start()
             producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
             if time.time() > start.timestamp():
                 late_s = time.time() - start.timestamp()
@@ -113,17 +136,8 @@ def main() -> None:
             producer.flush(30)
             del producer  # before the broker stops, so it logs no disconnects
             time.sleep(3)
-            consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-latency",
-                                 "enable.partition.eof": "true"})
-            consumer.assign([TopicPartition("verdicts-live", 0, 0)])
-            published: dict[float, float] = {}
-            while True:
-                msg = consumer.poll(5)
-                if msg is None or msg.error() is not None:
-                    break
-                end = parse_ts(orjson.loads(msg.value())["window_end"])
-                published[end] = msg.timestamp()[1] / 1000
-            consumer.close()
+            done.set()
+            listener.join(30)
             lat = sorted(published[e] - can_close[e] for e in can_close if e in published)
             if not lat:
                 raise SystemExit("no verdict matched a window that could close")

@@ -83,6 +83,26 @@ class Limits:
     dedupe_max_ids: int = 1_000_000
     max_sticky_keys: int = 100_000  # sticky keys tracked per variant (sticky_flip); the rest are counted
     max_question_ids: int = 4096  # probe question ids kept (lambda_convergence); the rest fold into "other"
+    max_rollouts: int = 100  # fleet mode (run --rollouts): rollouts judged at once; files past it are refused
+
+
+@dataclass(frozen=True)
+class Match:
+    """Which events of a shared telemetry stream are this rollout's (fleet mode, `run --rollouts`).
+
+    Each key given must hold (an event's value one of the listed ones; `route_prefix`:
+    its route starts with one of them); a key not given holds for every event.
+    The rule itself, in scalar and column form, is `pipeline.fleet`.
+    """
+
+    x_exp: tuple[str, ...] = ()
+    route_prefix: tuple[str, ...] = ()
+    variants: tuple[str, ...] = ()
+
+    @property
+    def given(self) -> bool:
+        """Whether any key is set (a match that sets none takes every event)."""
+        return bool(self.x_exp or self.route_prefix or self.variants)
 
 
 @dataclass(frozen=True)
@@ -98,6 +118,7 @@ class Config:
     sustain_s: int = 3600
     thresholds: Thresholds = Thresholds()
     limits: Limits = Limits()
+    match: Match = Match()
 
     def spec(self, variant: str) -> VariantSpec:
         """The intended config of a variant (all None when not configured)."""
@@ -122,6 +143,7 @@ class Config:
             "promotion": {"sustain_s": self.sustain_s},
             "thresholds": dataclasses.asdict(self.thresholds),
             "limits": dataclasses.asdict(self.limits),
+            "match": {k: list(v) for k, v in dataclasses.asdict(self.match).items()},
         }
 
 
@@ -159,7 +181,7 @@ def read_toml(text: str) -> dict[str, Any]:
 
 def parse_doc(doc: dict[str, Any]) -> Config:
     """Validate a parsed TOML table as a rollout config."""
-    _only(doc, "", {"rollout", "variants", "windows", "promotion", "thresholds", "limits"})
+    _only(doc, "", {"rollout", "variants", "windows", "promotion", "thresholds", "limits", "match"})
 
     rollout = _table(doc, "rollout", required=True)
     _only(rollout, "rollout", {"name", "control", "canary", "stage"})
@@ -207,7 +229,7 @@ def parse_doc(doc: dict[str, Any]) -> Config:
     _check_thresholds(thresholds)
     limits = _section(doc, "limits", Limits)
     for key in ("max_event_bytes", "max_label_values", "dedupe_max_ids", "max_sticky_keys",
-                "max_question_ids"):
+                "max_question_ids", "max_rollouts"):
         if getattr(limits, key) < 1:
             raise ConfigError(f"limits.{key}", f"must be >= 1, got {getattr(limits, key)}")
 
@@ -221,7 +243,24 @@ def parse_doc(doc: dict[str, Any]) -> Config:
         sustain_s=sustain_s,
         thresholds=thresholds,
         limits=limits,
+        match=_match(_table(doc, "match")),
     )
+
+
+def _match(table: dict[str, Any]) -> Match:
+    """The [match] table: each key a non-empty string or a list of them."""
+    _only(table, "match", {"x_exp", "route_prefix", "variants"})
+    values: dict[str, tuple[str, ...]] = {}
+    for key in ("x_exp", "route_prefix", "variants"):
+        if key not in table:
+            continue
+        value = table[key]
+        items = [value] if isinstance(value, str) else value
+        if (not isinstance(items, list) or not items
+                or not all(isinstance(v, str) and v for v in items)):
+            raise ConfigError(f"match.{key}", f"expected a non-empty string or list of them, got {value!r}")
+        values[key] = tuple(dict.fromkeys(items))
+    return Match(**values)
 
 
 def _check_stage(key: str, stage: str) -> None:

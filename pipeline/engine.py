@@ -319,29 +319,31 @@ class Engine:
         done = self.closed_through()
         self.replaying = [(end, c) for end, c in emitted if done is None or end > done] or None
         old = self.replaying[-1][1] if self.replaying else self.cfg
-        fixed = [key for key, a, b in (
-            ("rollout.name", old.name, cfg.name), ("rollout.control", old.control, cfg.control),
-            ("rollout.canary", old.canary, cfg.canary), ("windows", old.windows, cfg.windows),
-            ("limits", old.limits, cfg.limits)) if a != b]
+        fixed = fixed_changes(old, cfg)
         if fixed:
             raise ValueError(f"the snapshot was taken under other {', '.join(fixed)}; "
                              "they cannot change on resume (use a new recovery directory)")
-        notes = []
         since = (f" from the window ending {format_time(self.replaying[-1][0] + self.window_size)}"
                  if self.replaying else "")
-        if cfg.stage != old.stage:
-            notes.append(f"stage {old.stage} -> {cfg.stage} (promotion clock restarts; "
-                         f"evidence and any latched stop start afresh){since}")
-        changed = [k for k in ("thresholds", "variants", "sustain_s")
-                   if getattr(cfg, k) != getattr(old, k)]
-        if changed:
-            notes.append(f"new {', '.join(changed)} apply" + (since or " from the next verdict"))
+        notes = _live_changes(old, cfg, since)
         if self.replaying:
             first, last = self.replaying[0][0], self.replaying[-1][0]
             notes.append(f"{len(self.replaying)} verdicts emitted after the snapshot (windows ending "
                          f"{format_time(first)}..{format_time(last)}) are made again as first emitted")
         self.cfg = cfg
         self.clock.resumed(partitions)
+        return notes
+
+    def adopt(self, cfg: Config) -> list[str]:
+        """Take a changed config while running (fleet mode: its file changed); what changed, in words.
+
+        Only what `reconfigure` lets change may (`fixed_changes(self.cfg, cfg)` must be empty).
+        """
+        fixed = fixed_changes(self.cfg, cfg)
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} cannot change while the rollout is judged")
+        notes = _live_changes(self.cfg, cfg, "")
+        self.cfg = cfg
         return notes
 
     def set_stage(self, stage: str) -> None:
@@ -470,4 +472,24 @@ class Engine:
         return out
 
 
-__all__ = ["STICKY_KEYS_MAX", "Decision", "Engine", "Output", "Report", "StickyTracker"]
+
+def fixed_changes(old: Config, new: Config) -> list[str]:
+    """The settings that shape an engine's state and differ between two configs (they cannot change)."""
+    return [key for key, a, b in (
+        ("rollout.name", old.name, new.name), ("rollout.control", old.control, new.control),
+        ("rollout.canary", old.canary, new.canary), ("windows", old.windows, new.windows),
+        ("limits", old.limits, new.limits)) if a != b]
+
+
+def _live_changes(old: Config, new: Config, since: str) -> list[str]:
+    """What a change of the settings that may change says, in words."""
+    notes = []
+    if new.stage != old.stage:
+        notes.append(f"stage {old.stage} -> {new.stage} (promotion clock restarts; "
+                     f"evidence and any latched stop start afresh){since}")
+    changed = [k for k in ("thresholds", "variants", "sustain_s") if getattr(new, k) != getattr(old, k)]
+    if changed:
+        notes.append(f"new {', '.join(changed)} apply" + (since or " from the next verdict"))
+    return notes
+
+__all__ = ["STICKY_KEYS_MAX", "Decision", "Engine", "Output", "Report", "StickyTracker", "fixed_changes"]

@@ -37,10 +37,13 @@ import numpy as np
 import polars as pl
 
 from pipeline.aggregate.partial import Partial, summarize_runs
+from pipeline.config import Config
 from pipeline.decode import codec
 from pipeline.decode.batch import Dead, decode_frame
 from pipeline.engine import Engine, Output, Report
-from pipeline.model import DecodeError, Event
+from pipeline.fleet import AMBIGUOUS, UNMATCHED, Router, UnmatchedCounts
+from pipeline.io.chunk import Chunk
+from pipeline.model import DeadLetter, DeadLetterReason, DecodeError, Event
 
 SMALL = 64  # runs shorter than this go event by event: checking and merging a summary costs the judge more
 SUMMARY_MIN = 500  # a batch with fewer events to summarise goes one by one: a summary's fixed cost
@@ -114,6 +117,97 @@ def decode_chunk(lines: list[bytes], max_bytes: int, size: float, variants: tupl
         return [Run(0, len(lines), 0)] if lines else []
     events, dead = decode_frame(lines, max_bytes)
     return split(events, dead, size, variants)
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A chunk routed over a fleet (`route_chunk`).
+
+    `mine`: per rollout, its messages (a picked chunk) and their pieces, as
+    `decode_chunk` would cut a chunk of only those messages; `dead`: messages
+    no single rollout can take (a broken one whose x_exp, route and variant
+    match none, or any message matching two rollouts), for the dead-letter
+    output; `unmatched`: accepted events of no rollout, by x_exp.
+    """
+
+    mine: dict[str, tuple[Chunk, list[Piece]]]
+    dead: list[DeadLetter]
+    unmatched: UnmatchedCounts
+
+
+def route_chunk(chunk: Chunk, router: Router, rollouts: Sequence[Config], max_bytes: int) -> Routed:
+    """Decode a chunk once and hand each rollout of the fleet its own messages, cut into pieces.
+
+    `rollouts[i]` is the config of `router.names[i]`: its window size and
+    variants cut its summaries.  A broken message goes to the rollout that its
+    readable x_exp, route and variant match (its gates count it, as a run of
+    that rollout alone would).  Every rollout hears a chunk that ends its
+    partition or says its broker is down, with its own messages or none.
+    """
+    events, dead = decode_frame(chunk.lines, max_bytes)
+    rows = events["row"].to_numpy()
+    routes = router.route(events)
+    target = np.full(len(chunk.lines), UNMATCHED, dtype=np.int64)
+    target[rows] = routes
+    for row, error in dead:
+        target[row] = router.route_values(*codec.readable_routing(error.raw))
+    unmatched = UnmatchedCounts()
+    if (routes == UNMATCHED).any():
+        counts = events.filter(pl.Series(routes == UNMATCHED)).group_by("x_exp").len()
+        unmatched.add_all((None if v is None else str(v), int(n)) for v, n in counts.iter_rows())
+    placed = [(row, _letter(chunk, row, error)) for row, error in dead if target[row] == UNMATCHED]
+    placed += [(row, _ambiguous(chunk, row, router, max_bytes))
+               for row in np.flatnonzero(target == AMBIGUOUS).tolist()]
+    letters = [letter for _, letter in sorted(placed, key=lambda x: x[0])]
+    order = np.argsort(routes, kind="stable")
+    grouped = events[order] if len(order) else events
+    bounds = np.searchsorted(routes[order], np.arange(len(router.names) + 1))
+    dead_of: dict[int, list[tuple[int, DecodeError]]] = {}
+    for row, error in dead:
+        if target[row] >= 0:
+            dead_of.setdefault(int(target[row]), []).append((row, error))
+    mine: dict[str, tuple[Chunk, list[Piece]]] = {}
+    for i, name in enumerate(router.names):
+        picked = np.flatnonzero(target == i)
+        if len(picked) == 0:
+            if chunk.last or chunk.down:
+                mine[name] = (chunk.pick([]), [])
+            continue
+        own = grouped[int(bounds[i]):int(bounds[i + 1])]
+        own = own.with_columns(row=pl.Series(np.searchsorted(picked, own["row"].to_numpy()), dtype=pl.Int64))
+        own_dead = [(int(np.searchsorted(picked, row)), error) for row, error in dead_of.get(i, [])]
+        cfg = rollouts[i]
+        mine[name] = (chunk.pick(picked.tolist()),
+                      split(own, own_dead, cfg.windows.size_s, (cfg.control, cfg.canary)))
+    return Routed(mine, letters, unmatched)
+
+
+def _letter(chunk: Chunk, row: int, error: DecodeError, reason: DeadLetterReason | None = None,
+            detail: str | None = None) -> DeadLetter:
+    """The dead letter of message `row` of a chunk, with its Kafka origin."""
+    headers = chunk.headers[row] if chunk.headers is not None else None
+    return DeadLetter(error.raw, reason or error.reason, detail or error.detail, error.variant,
+                      chunk.locate(row), key=chunk.keys[row] if chunk.keys is not None else None,
+                      timestamp_ms=chunk.timestamps[row] if chunk.timestamps is not None else None,
+                      headers=tuple(headers or ()))
+
+
+def _ambiguous(chunk: Chunk, row: int, router: Router, max_bytes: int) -> DeadLetter:
+    """The dead letter of a message that two rollouts or more match (decoded again: a rare path)."""
+    raw = chunk.lines[row]
+    decoded = codec.decode(raw, max_bytes)
+    values: tuple[str | None, str | None, str | None]
+    if isinstance(decoded, Event):
+        values = (decoded.x_exp, decoded.route, decoded.variant)
+        error = DecodeError(raw, DeadLetterReason.AMBIGUOUS_ROLLOUT, "", decoded.variant, decoded.ts)
+        also = ""
+    else:
+        values = codec.readable_routing(raw)
+        error = decoded
+        also = f"; and {decoded.reason}: {decoded.detail}"
+    names = ", ".join(router.claimants(*values))
+    return _letter(chunk, row, error, DeadLetterReason.AMBIGUOUS_ROLLOUT,
+                   f"matches the [match] of rollouts {names}: fix their configs so one claims it{also}")
 
 
 class Events(Protocol):
@@ -218,5 +312,5 @@ class Feeder:
         return out
 
 
-__all__ = ["SMALL", "SPLIT_MIN", "SUMMARY_MIN", "ChunkEvents", "Events", "Feeder", "Piece", "Run", "Summary",
-           "decode_chunk", "split"]
+__all__ = ["SMALL", "SPLIT_MIN", "SUMMARY_MIN", "ChunkEvents", "Events", "Feeder", "Piece", "Routed", "Run",
+           "Summary", "decode_chunk", "route_chunk", "split"]

@@ -23,12 +23,14 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
 from pipeline.config import Config
-from pipeline.engine import Engine, Output, Report
-from pipeline.feed import ChunkEvents, Feeder, Piece, decode_chunk
+from pipeline.engine import Engine, Output, Report, fixed_changes
+from pipeline.feed import ChunkEvents, Feeder, Piece, Run, decode_chunk, route_chunk
+from pipeline.fleet import Progress, Retired, Unmatched
 from pipeline.io.chunk import Chunk
 from pipeline.io.health import SourceHealth
 from pipeline.io.journal import VerdictJournal
 from pipeline.io.lifecycle import STOP, failpoint, snapshot_taken
+from pipeline.io.rollouts import FleetControl
 from pipeline.model import DeadLetter
 
 Flow = Dataflow  # what build_flow returns, for modules that must not import Bytewax themselves
@@ -116,6 +118,9 @@ class Sinks:
     dead_letters: list[Sink[Any]] = field(default_factory=list)
     # Sinks that see every output (metrics, live board), unkeyed.
     observers: list[Sink[Any]] = field(default_factory=list)
+    # Fleet mode: sinks of what the fleet says besides verdicts and dead letters (Retired,
+    # Unmatched, Progress), in process 0.
+    notes: list[Sink[Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +134,8 @@ class Decoded:
     pieces: list[Piece]
     chunk: Chunk
     max_bytes: int
+    size: float | None = None  # fleet mode: the window size the pieces were cut with
+    rollout: str = ""  # fleet mode: whose messages these are
 
 
 @dataclass
@@ -283,4 +290,168 @@ def build_flow(cfg: Config, source: Source[Chunk], sinks: Sinks, *,
         unkeyed = op.map("unkey", judged, lambda kv: kv[1])
         for i, sink in enumerate(sinks.observers):
             op.output(f"observer_{i}", unkeyed, sink)
+    return flow
+
+
+# -- fleet mode: one run judges every rollout of a directory ------------------------------------
+
+_ROLLOUT_KEY_PREFIX = "rollout:"  # judges' keys; the publisher's is judge_key(workers)
+
+
+FleetOutput = Report | DeadLetter | Retired | Unmatched | Progress
+
+
+def _router(control: FleetControl) -> Callable[[Chunk], list[tuple[str, Any]]]:
+    """The decode step of a fleet: each rollout's messages of a chunk, keyed by rollout, and notes."""
+    def route(chunk: Chunk) -> list[tuple[str, Any]]:
+        fleet, router = control.current()
+        cfgs = fleet.configs
+        max_bytes = max((c.limits.max_event_bytes for c in cfgs), default=1 << 20)
+        out: list[tuple[str, Any]] = []
+        if chunk.offsets is not None:
+            out.append(("", Progress(chunk.partition, len(chunk.lines), chunk.lag)))
+        if not chunk.lines and not chunk.last and not chunk.down:
+            return out
+        routed = route_chunk(chunk, router, cfgs, max_bytes)
+        for name, (own, pieces) in routed.mine.items():
+            size = fleet.files[name].cfg.windows.size_s
+            out.append((_ROLLOUT_KEY_PREFIX + name, Decoded(pieces, own, max_bytes, size, name)))
+        out += [("", letter) for letter in routed.dead]
+        if routed.unmatched.counts:
+            out.append(("", Unmatched(dict(routed.unmatched.counts))))
+        return out
+
+    return route
+
+
+class _RolloutJudge(StatefulLogic[Decoded, FleetOutput, Engine]):
+    """One rollout's judge: `_JudgeLogic` over its own Engine, made on its first item.
+
+    It follows the rollout's file: a change of stage, thresholds, variant specs
+    or promotion applies at the next item; a change of names, windows or
+    limits starts the rollout afresh (the old judgement publishes its last
+    verdicts first); a removed file closes its open windows, publishes their
+    verdicts and frees the state.
+    """
+
+    def __init__(self, resume: Engine | None, control: FleetControl, parts: tuple[str, ...],
+                 clock: Callable[[], float] | None, say: Callable[[str], None]) -> None:
+        self.control = control
+        self.parts = parts
+        self.clock = clock
+        self.say = say
+        self.inner: _JudgeLogic | None = None
+        if resume is not None:
+            self.inner = _JudgeLogic(resume, None, clock, None)
+            resume.clock.resumed(parts)
+
+    def _engine_for(self, name: str) -> tuple[list[FleetOutput], bool]:
+        """Bring the judge in line with the rollout's file; (outputs, whether the rollout is gone)."""
+        cfg = self.control.config(name)
+        inner = self.inner
+        if cfg is None:
+            if inner is None:
+                return [], True
+            self.inner = None
+            return [*inner.engine.close(), Retired(name)], True
+        if inner is None:
+            self.inner = _JudgeLogic(Engine(cfg, self.parts), None, self.clock, None)
+            return [], False
+        engine = inner.engine
+        if cfg == engine.cfg:
+            return [], False
+        fixed = fixed_changes(engine.cfg, cfg)
+        if fixed:
+            self.say(f"rollouts: {name}: {', '.join(fixed)} changed: judged afresh from its next event")
+            out: list[FleetOutput] = [*engine.close()]
+            self.inner = _JudgeLogic(Engine(cfg, self.parts), None, self.clock, None)
+            return out, False
+        notes = engine.adopt(cfg)
+        if notes:
+            self.say(f"rollouts: {name}: {'; '.join(notes)}")
+        return [], False
+
+    def on_item(self, value: Decoded) -> tuple[Iterable[FleetOutput], bool]:
+        name = self._name(value)
+        out, gone = self._engine_for(name)
+        if gone:
+            return out, True
+        assert self.inner is not None
+        if value.size != self.inner.engine.window_size:  # cut under another config: take it exactly
+            lines = value.chunk.lines
+            value = replace(value, pieces=[Run(0, len(lines), 0)] if lines else [])
+        judged, _ = self.inner.on_item(value)
+        out.extend(judged)
+        return out, False
+
+    def _name(self, value: Decoded) -> str:
+        if self.inner is not None:
+            return self.inner.engine.cfg.name
+        return value.rollout
+
+    def on_eof(self) -> tuple[Iterable[FleetOutput], bool]:
+        if self.inner is None:
+            return [], True
+        out, _ = self.inner.on_eof()
+        return out, False
+
+    def notify_at(self) -> datetime | None:
+        return None if self.inner is None else self.inner.notify_at()
+
+    def on_notify(self) -> tuple[Iterable[FleetOutput], bool]:
+        if self.inner is None:
+            return [], True
+        out, gone = self._engine_for(self.inner.engine.cfg.name)
+        if gone:
+            return out, True
+        assert self.inner is not None
+        ticked, _ = self.inner.on_notify()
+        return [*out, *ticked], False
+
+    def snapshot(self) -> Engine:
+        assert self.inner is not None
+        return self.inner.snapshot()
+
+
+def _pass(state: None, item: FleetOutput) -> tuple[None, list[FleetOutput]]:
+    return None, [item]
+
+
+def build_fleet_flow(control: FleetControl, source: Source[Chunk], sinks: Sinks, *,
+                     partitions: Iterable[str] = ("0",), clock: Callable[[], float] | None = None,
+                     workers: int = 1, say: Callable[[str], None] = lambda _: None) -> Dataflow:
+    """The fleet dataflow: every rollout of `control`'s directory judged from one source.
+
+    Decoding workers route each chunk (`feed.route_chunk`); each rollout's
+    messages go to its own key, so the judges of different rollouts run on
+    different workers, each with its own Engine (clock, windows, verdicts) and
+    its own recovery snapshot.  Verdicts and dead letters leave through the
+    sinks; everything, fleet notes included, reaches process 0 (worker 0,
+    `judge_key`), where metrics, `/verdicts` and the board live.
+    """
+    parts = tuple(partitions)
+    publish = judge_key(workers)
+    flow = Dataflow("canary_gate_fleet")
+    chunks = op.input("source", flow, source)
+    routed = op.flat_map("route", chunks, _router(control))
+    kinds = op.branch("kind", routed, lambda kv: kv[0].startswith(_ROLLOUT_KEY_PREFIX))
+    judged = op.stateful("judge", kinds.trues,
+                         lambda resume: _RolloutJudge(resume, control, parts, clock, say))
+    outputs = op.merge("outputs", judged, kinds.falses)
+    for i, sink in enumerate(sinks.verdicts):
+        op.output(f"verdicts_{i}", op.filter(f"reports_{i}", outputs, lambda kv: type(kv[1]) is Report), sink)
+    for i, sink in enumerate(sinks.dead_letters):
+        op.output(f"dead_letters_{i}",
+                  op.filter(f"letters_{i}", outputs, lambda kv: type(kv[1]) is DeadLetter), sink)
+    if sinks.observers or sinks.notes:
+        here = op.stateful_flat_map("to_worker_0", op.key_on("publish", op.map("drop_keys", outputs,
+                                                                                 lambda kv: kv[1]),
+                                                              lambda _: publish), _pass)
+        unkeyed = op.map("unkey", here, lambda kv: kv[1])
+        main = op.filter("verdicts_and_letters", unkeyed, lambda x: type(x) in (Report, DeadLetter))
+        for i, sink in enumerate(sinks.observers):
+            op.output(f"observer_{i}", main, sink)
+        said = op.filter("fleet_notes", unkeyed, lambda x: type(x) not in (Report, DeadLetter))
+        for i, sink in enumerate(sinks.notes):
+            op.output(f"notes_{i}", said, sink)
     return flow

@@ -66,6 +66,7 @@ class DeadLetterReason(enum.StrEnum):
     TOO_LARGE = "too_large"
     FUTURE = "future"
     LATE = "late"
+    AMBIGUOUS_ROLLOUT = "ambiguous_rollout"  # fleet mode: the event matches two rollouts' [match]
 
 
 # Reasons that count against a variant in the schema_violations gate.
@@ -113,6 +114,7 @@ class Event(msgspec.Struct, gc=False):
     probe_seed: int
     cache_prefix: str | None
     cache_hit: bool | None
+    x_exp: str | None = None  # the experiment id from the edge: which rollout of a fleet (docs/fleet.md)
     raw: bytes = b""  # the original message, for the dead-letter output
 
 

@@ -80,7 +80,7 @@ _EDGE_POPS: Mapping[str, tuple[str, ...]] = {
 }
 _ANSWER = "chat.rag.answer"
 _SEARCH = "chat.rag.search"
-_EXPERIMENT = "exp-chat-rag-v2"
+EXPERIMENT = "exp-chat-rag-v2"
 
 _USER_RATE_PER_S = 3.0
 _COLD_FRACTION = 0.05
@@ -341,13 +341,15 @@ def scenario_config(name: str) -> str:
 
 
 def generate(
-    name: str, seed: int, minutes: int, start: datetime = DEFAULT_START, traffic_scale: float = 1.0
+    name: str, seed: int, minutes: int, start: datetime = DEFAULT_START, traffic_scale: float = 1.0, *,
+    experiment: str = EXPERIMENT,
 ) -> Iterator[bytes]:
     """Yield one JSON event per item, as UTF-8 bytes WITHOUT trailing newline, in delivery order.
 
     Event times cover [start, start + minutes). `traffic_scale` multiplies the
     user request rates (probes and pings keep theirs), e.g. 100 for a
-    load test. Validation happens here, not on the first `next()`, so a bad
+    load test. `experiment` is the `x_exp` of user requests and probes (pings
+    carry none), e.g. one per rollout of a fleet. Validation happens here, not on the first `next()`, so a bad
     name fails where it is passed.
     """
     if not traffic_scale > 0:
@@ -357,7 +359,8 @@ def generate(
         raise ValueError(f"minutes must be at least 1, got {minutes!r}")
     if start.tzinfo is None or start.utcoffset() is None:
         raise ValueError(f"start must be timezone-aware, got {start!r}")
-    world = _World(seed, _FAULTS[name], start.astimezone(UTC), minutes * 60_000, traffic_scale)
+    world = _World(seed, _FAULTS[name], start.astimezone(UTC), minutes * 60_000, traffic_scale,
+                   experiment=experiment)
     return world.deliver()
 
 
@@ -429,8 +432,9 @@ class _World:
     """Streams of one scenario run, merged into delivery order."""
 
     def __init__(self, seed: int, faults: _Faults, start: datetime, end_ms: int,
-                 traffic_scale: float = 1.0) -> None:
+                 traffic_scale: float = 1.0, *, experiment: str = EXPERIMENT) -> None:
         self._seed = seed
+        self._experiment = experiment
         self._scale = traffic_scale
         self._faults = faults
         self._end_ms = end_ms
@@ -559,7 +563,7 @@ class _World:
                 "region": region,
                 "edge_pop": pop,
                 "cold_start": cold,
-                "x_exp": _EXPERIMENT,
+                "x_exp": self._experiment,
                 "request_id": request_id,
                 "latency_ms": _latency_block(tffb, tusable, tfinal),
                 "status": status,
@@ -634,7 +638,7 @@ class _World:
                 "region": region,
                 "edge_pop": pop,
                 "cold_start": False,
-                "x_exp": _EXPERIMENT,
+                "x_exp": self._experiment,
                 "request_id": f"{variant}-probe-{n:06d}",
                 "latency_ms": _latency_block(tffb, tusable, tfinal),
                 "status": 200,

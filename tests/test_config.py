@@ -109,7 +109,7 @@ def test_invalid_toml_is_one_line() -> None:
 
 def test_effective_lists_every_setting() -> None:
     eff = make_config().effective()
-    assert set(eff) == {"rollout", "variants", "windows", "promotion", "thresholds", "limits"}
+    assert set(eff) == {"rollout", "variants", "windows", "promotion", "thresholds", "limits", "match"}
     assert eff["thresholds"]["new_5xx_alpha"] == 0.001
     assert eff["thresholds"]["alpha"] == 0.01
     assert config_mod.parse(BASE_TOML + "[thresholds]\nalpha = 0.05\n").thresholds.alpha == 0.05

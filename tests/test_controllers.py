@@ -315,7 +315,7 @@ def test_http_methods_bodies_and_errors() -> None:
     port = _free_port()
     stage = ["25%"]
     collector = _Collector({ROLLOUT: _record("stop", "25%")}, {ROLLOUT, "pending-v1"})
-    serve(collector, port, "127.0.0.1", stage=lambda: stage[0])  # type: ignore[arg-type]
+    serve(collector, port, "127.0.0.1", stage=lambda _: stage[0])  # type: ignore[arg-type]
     base = f"http://127.0.0.1:{port}"
     for method in ("GET", "POST"):
         code, body = _json(f"{base}/verdicts/{ROLLOUT}/check", method, b"" if method == "POST" else None)

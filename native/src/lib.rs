@@ -178,6 +178,7 @@ struct Columns {
     cache_prefix: DictColumn,
     cache_hit: Bits,
     cache_hit_valid: Bits,
+    x_exp: DictColumn,
     row: Vec<i64>,
 }
 
@@ -217,6 +218,7 @@ impl Columns {
         self.cache_prefix.push(cache.map(|x| x.prefix.as_ref()));
         self.cache_hit.push(cache.is_some_and(|x| x.hit));
         self.cache_hit_valid.push(cache.is_some());
+        self.x_exp.push(r.x_exp.as_deref());
         self.row.push(row as i64);
     }
 }
@@ -263,7 +265,7 @@ fn decode_batch<'py>(py: Python<'py>, lines: &Bound<'py, PyList>, max_bytes: usi
     FAST_LINES.fetch_add((n - slow.len()) as u64, Ordering::Relaxed);
     SLOW_LINES.fetch_add(slow.len() as u64, Ordering::Relaxed);
 
-    let mut columns: Vec<(&'static str, Column)> = Vec::with_capacity(27);
+    let mut columns: Vec<(&'static str, Column)> = Vec::with_capacity(28);
     let dict = |name: &'static str, d: DictColumn, columns: &mut Vec<(&'static str, Column)>| -> PyResult<()> {
         columns.push((name, d.export()));
         Ok(())
@@ -295,6 +297,7 @@ fn decode_batch<'py>(py: Python<'py>, lines: &Bound<'py, PyList>, max_bytes: usi
     columns.push(("probe_seed", ints(c.probe_seed)));
     dict("cache_prefix", c.cache_prefix, &mut columns)?;
     columns.push(("cache_hit", bools(c.cache_hit, Some(c.cache_hit_valid))));
+    dict("x_exp", c.x_exp, &mut columns)?;
     columns.push(("row", ints(c.row)));
 
     let exported = PyList::empty(py);

@@ -111,6 +111,7 @@ pub struct Row<'a> {
     pub retrieval: Option<Retrieval<'a>>,
     pub probe: Option<Probe<'a>>,
     pub cache: Option<Cache<'a>>,
+    pub x_exp: Option<Cow<'a, str>>,
 }
 
 struct Num<'a> {
@@ -808,6 +809,7 @@ pub fn message(text: &str) -> Option<Row<'_>> {
     let (mut cold_start, mut x_warm, mut request_id) = (None, false, None);
     let (mut lat, mut status, mut phase) = (None, None, None);
     let (mut retr, mut prob, mut cach) = (None, None, None);
+    let mut x_exp = None;
     p.object(|p, key| {
         match key {
             b"ts" => {
@@ -836,7 +838,7 @@ pub fn message(text: &str) -> Option<Row<'_>> {
             }
             b"x_exp" => {
                 once(&mut seen, 64)?;
-                p.string()?;
+                x_exp = Some(p.string()?);
             }
             b"request_id" => {
                 once(&mut seen, 128)?;
@@ -906,5 +908,6 @@ pub fn message(text: &str) -> Option<Row<'_>> {
         retrieval: retr,
         probe: prob,
         cache: cach,
+        x_exp,
     })
 }

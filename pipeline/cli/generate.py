@@ -23,7 +23,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.config_out:
         writable(args.config_out, "--config-out")
         Path(args.config_out).write_text(scenarios.scenario_config(args.scenario), encoding="utf-8")
-    lines = scenarios.generate(args.scenario, args.seed, args.minutes, traffic_scale=args.traffic_scale)
+    lines = scenarios.generate(args.scenario, args.seed, args.minutes, traffic_scale=args.traffic_scale,
+                               experiment=args.experiment)
     if is_kafka(args.out):
         return _produce(args, lines)
     if fmt == "parquet":
@@ -45,6 +46,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--traffic-scale must be > 0, got {args.traffic_scale}")
     if args.rate < 0:
         raise UsageError(f"--rate must be >= 0, got {args.rate}")
+    if not args.experiment:
+        raise UsageError("--experiment must not be empty")
 
 
 def _generate_format(out: str, fmt: str | None) -> str:

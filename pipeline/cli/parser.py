@@ -44,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_run(run: argparse.ArgumentParser) -> None:
-    run.add_argument("--config", required=True, help="rollout config (TOML)")
+    judged = run.add_mutually_exclusive_group(required=True)
+    judged.add_argument("--config", help="rollout config (TOML): one rollout, judged from every event")
+    judged.add_argument("--rollouts", metavar="DIR",
+                        help="fleet mode: judge every rollout of DIR (one *.toml each, its [match] "
+                        "saying which events are its own); files added, changed or removed apply at "
+                        "the next batch and on SIGHUP (docs/fleet.md)")
     run.add_argument("--source", required=True,
                      help="telemetry: a .jsonl or .jsonl.gz file, '-' for stdin, or kafka://HOST:PORT/TOPIC")
     run.add_argument("--verdicts", help="verdict JSONL path, '-' for stdout, or kafka://HOST:PORT[/TOPIC] "
@@ -94,6 +99,9 @@ def _add_generate(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--minutes", type=int, default=20, help="minutes of event time to generate (default 20)")
     gen.add_argument("--traffic-scale", type=float, default=1.0,
                      help="multiply user request rates (e.g. 100 for a load test)")
+    gen.add_argument("--experiment", default=scenarios.EXPERIMENT,
+                     help=f"x_exp of user requests and probes (default {scenarios.EXPERIMENT}); one per "
+                     "rollout to try a fleet (run --rollouts)")
     gen.add_argument("--out", required=True,
                      help="JSONL path (.gz compresses), '-' for stdout, kafka://HOST:PORT/TOPIC, "
                      "or a .parquet path (an archive for replay)")

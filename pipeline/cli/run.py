@@ -61,9 +61,15 @@ class RunOptions:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Judge a stream to its end (files) and publish verdicts."""
+    if args.rollouts:
+        from pipeline.cli.fleet import cmd_run_fleet
+
+        return cmd_run_fleet(args)
+    if not args.config:
+        raise UsageError("run needs --config FILE (one rollout) or --rollouts DIR (a fleet)")
     cfg = config_mod.load(args.config)
-    opts = _options(args, cfg)
-    held = _prepare_recovery(cfg, args.source, opts)
+    opts = options_of(args, cfg.name)
+    held = prepare_recovery(cfg, args.source, opts)
     try:
         if STOP.is_set():
             say("stopped before the run started: nothing read")
@@ -81,13 +87,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             held.release()
 
 
-def _options(args: argparse.Namespace, cfg: config_mod.Config) -> RunOptions:
+def options_of(args: argparse.Namespace, name: str) -> RunOptions:
     """The run's options, every one checked (UsageError names the first bad one)."""
     _check_source(args.source)
     _check_sizes(args)
     interactive = sys.stdout.isatty()
     verdicts = args.verdicts or (None if interactive else "-")
-    dead = _dead_letters(args, cfg, verdicts)
+    dead = _dead_letters(args, name, verdicts)
     for path, flag in ((verdicts, "--verdicts"), (dead, "--dead-letters")):
         if path and not is_kafka(path):
             writable(path, flag)
@@ -134,7 +140,7 @@ def _check_sizes(args: argparse.Namespace) -> None:
         raise UsageError(f"--metrics-port must be 0..65535, got {args.metrics_port}")
 
 
-def _dead_letters(args: argparse.Namespace, cfg: config_mod.Config, verdicts: str | None) -> str:
+def _dead_letters(args: argparse.Namespace, name: str, verdicts: str | None) -> str:
     """--dead-letters, else the Kafka source's broker, else beside a verdicts file, else ./<rollout>."""
     if args.dead_letters:
         return str(args.dead_letters)
@@ -142,7 +148,7 @@ def _dead_letters(args: argparse.Namespace, cfg: config_mod.Config, verdicts: st
         return "kafka://" + str(args.source)[len("kafka://"):].split("/", 1)[0]
     if verdicts not in (None, "-") and not is_kafka(verdicts):
         return f"{_stem(str(verdicts))}.dead-letters.jsonl"
-    return f"{cfg.name.replace('/', '_')}.dead-letters.jsonl"
+    return f"{name.replace('/', '_')}.dead-letters.jsonl"
 
 
 def _stem(path: str) -> str:
@@ -171,14 +177,16 @@ def _check_total(total: int) -> None:
         raise UsageError(f"at most {MAX_WORKERS} workers in total (processes x --workers), got {total}")
 
 
-def _prepare_recovery(cfg: config_mod.Config, source: str, opts: RunOptions) -> recovery_mod.Lock | None:
+def prepare_recovery(cfg: config_mod.Config | None, source: str, opts: RunOptions,
+                      rollouts: str | None = None) -> recovery_mod.Lock | None:
     """Check and lock --recovery-dir for this run (None without one); UsageError if it does not fit."""
     if not opts.recovery_dir:
         return None
     held: recovery_mod.Lock | None = None
     try:
         held = recovery_mod.prepare(Path(opts.recovery_dir), cfg, {
-            "rollout": cfg.name, "workers": opts.total_workers, "source": source,
+            "rollout": cfg.name if cfg is not None else None, "workers": opts.total_workers, "source": source,
+            **({"rollouts": str(Path(rollouts).resolve())} if rollouts else {}),
             "verdicts": opts.verdicts, "dead_letters": opts.dead}, opts.process_id)
         if opts.process_id == 0:  # followers share the directory process 0 has just checked
             for warning in recovery_mod.check(Path(opts.recovery_dir), opts.total_workers):
@@ -190,7 +198,10 @@ def _prepare_recovery(cfg: config_mod.Config, source: str, opts: RunOptions) -> 
     return held
 
 
-class _SetupFailed(Exception):
+FLEET_NAME = "fleet"  # a fleet run's name in default file names (<name>.dead-letters.jsonl)
+
+
+class SetupFailed(Exception):
     """An input or output cannot be opened (e.g. an unreachable broker): one line, exit 1."""
 
 
@@ -220,14 +231,18 @@ def run_pipeline(cfg: config_mod.Config, source: str, opts: RunOptions) -> int:
 
     health = SourceHealth()
     try:
-        plan = _open(cfg, source, opts)
-    except _SetupFailed as exc:
+        plan = open_plan(cfg.name, source, opts)
+    except SetupFailed as exc:
         say(str(exc))
         return 1
     control = StageControl(cfg.stage, cfg.effective())  # before serve: controllers ask for its stage
-    board_sink = _add_observers(plan.sinks, cfg, opts, health, control)
+    board_sink = add_observers(plan.sinks, opts, lambda: _serve_metrics(cfg, opts, health, control))
     install_reload(opts.config_path, control)
-    flow = _build(cfg, plan, opts, control, health)
+    return run_flow(_build(cfg, plan, opts, control, health), plan, opts, board_sink)
+
+
+def run_flow(flow: Flow, plan: _Plan, opts: RunOptions, board_sink: BoardSink | None) -> int:
+    """Run a built dataflow to its end or a stop; print the one-line summary; the exit code."""
     if STOP.is_set():  # a stop signal during start-up: nothing read, nothing to save
         signal_followers()
         say("stopped before the run started: nothing read"
@@ -246,19 +261,19 @@ def _uses_kafka(source: str, opts: RunOptions) -> bool:
     return opts.kafka_config is not None or any(map(is_kafka, (source, opts.verdicts, opts.dead)))
 
 
-def _open(cfg: config_mod.Config, source: str, opts: RunOptions) -> _Plan:
-    """Open the source and the sinks; _SetupFailed if Kafka cannot be used as asked."""
+def open_plan(name: str | None, source: str, opts: RunOptions) -> _Plan:
+    """Open the source and the sinks (of rollout `name`; None: a fleet's); SetupFailed if Kafka fails."""
     if not _uses_kafka(source, opts):
-        return _plan(cfg, source, opts, {})
+        return _plan(name, source, opts, {})
     from pipeline.io import kafka
 
     try:
-        return _plan(cfg, source, opts, kafka.load_client_config(opts.kafka_config))
+        return _plan(name, source, opts, kafka.load_client_config(opts.kafka_config))
     except kafka.KafkaSetupError as exc:
-        raise _SetupFailed(str(exc)) from None
+        raise SetupFailed(str(exc)) from None
 
 
-def _plan(cfg: config_mod.Config, source: str, opts: RunOptions, extra: dict[str, str]) -> _Plan:
+def _plan(name: str | None, source: str, opts: RunOptions, extra: dict[str, str]) -> _Plan:
     from pipeline.flow import Sinks
     from pipeline.io.board import Board
     from pipeline.io.observe import ObserveSink
@@ -267,8 +282,8 @@ def _plan(cfg: config_mod.Config, source: str, opts: RunOptions, extra: dict[str
     tally = Board()
     sinks = Sinks(observers=[ObserveSink(tally.observe)])
     if opts.verdicts:
-        sinks.verdicts.append(_sink("verdicts", opts.verdicts, cfg, opts, extra))
-    sinks.dead_letters.append(_sink("dead-letters", opts.dead, cfg, opts, extra))
+        sinks.verdicts.append(_sink("verdicts", opts.verdicts, name, opts, extra))
+    sinks.dead_letters.append(_sink("dead-letters", opts.dead, name, opts, extra))
     return _Plan(src, partitions, clock, sinks, tally)
 
 
@@ -292,8 +307,11 @@ def _source(source: str, opts: RunOptions,
     return src, [str(p) for p in parts], None if opts.until_end else time.time
 
 
-def _sink(kind: str, target: str, cfg: config_mod.Config, opts: RunOptions, extra: dict[str, str]) -> Any:
-    """The sink of `kind` (verdicts or dead-letters) writing to `target`, a file or a Kafka topic."""
+def _sink(kind: str, target: str, name: str | None, opts: RunOptions, extra: dict[str, str]) -> Any:
+    """The sink of `kind` (verdicts or dead-letters) writing to `target`, a file or a Kafka topic.
+
+    `name`: the rollout whose verdicts it takes (None: a fleet's, any rollout).
+    """
     from pipeline.io.files import JsonlSink, dead_letter_line, verdict_line
 
     render_line = verdict_line if kind == "verdicts" else dead_letter_line
@@ -304,13 +322,13 @@ def _sink(kind: str, target: str, cfg: config_mod.Config, opts: RunOptions, extr
     if kind == "verdicts":
         url = kafka.parse_url(target, kafka.VERDICT_TOPIC)
         kafka.ensure_topic(url, extra, config=kafka.VERDICT_TOPIC_CONFIG)
-        render: Any = kafka.render_verdict(cfg.name)
+        render: Any = kafka.render_verdict(name)
     else:
         url = kafka.parse_url(target, kafka.DEAD_LETTER_TOPIC)
         kafka.ensure_topic(url, extra)
         render = kafka.render_dead_letter
     return kafka.KafkaProducerSink(url, extra, render, opts.broker_timeout_s, render_line=render_line,
-                                   spill=_undelivered_file(cfg.name, kind, opts))
+                                   spill=_undelivered_file(name or FLEET_NAME, kind, opts))
 
 
 def _undelivered_file(rollout: str, kind: str, opts: RunOptions) -> str:
@@ -329,8 +347,8 @@ def _undelivered_file(rollout: str, kind: str, opts: RunOptions) -> str:
     return name
 
 
-def _add_observers(sinks: Sinks, cfg: config_mod.Config, opts: RunOptions, health: SourceHealth,
-                   control: StageControl) -> BoardSink | None:
+def add_observers(sinks: Sinks, opts: RunOptions,
+                  serve_metrics: Callable[[], ObserveSink]) -> BoardSink | None:
     """Metrics and the live board, in process 0; the board's sink, to stop once the run ends.
 
     Every process builds the same dataflow (Bytewax requires it); only process
@@ -343,7 +361,7 @@ def _add_observers(sinks: Sinks, cfg: config_mod.Config, opts: RunOptions, healt
     follower = opts.process_id > 0
     if opts.metrics_port:
         sinks.observers.append(ObserveSink(_ignore) if follower
-                               else _serve_metrics(cfg, opts, health, control))
+                               else serve_metrics())
     if not opts.board_on:
         return None
     if follower:
@@ -367,7 +385,7 @@ def _serve_metrics(cfg: config_mod.Config, opts: RunOptions, health: SourceHealt
 
     collector = CanaryCollector(health=health, rollouts=(cfg.name,))
     try:
-        serve(collector, opts.metrics_port, opts.metrics_addr, stage=lambda: control.stage)
+        serve(collector, opts.metrics_port, opts.metrics_addr, stage=lambda _: control.stage)
     except OSError as exc:
         raise UsageError(f"--metrics-port {opts.metrics_port}: cannot listen: {exc.strerror}") from None
     return ObserveSink(collector.observe)

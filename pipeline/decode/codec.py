@@ -37,6 +37,8 @@ class _Readable(Struct):
 
     variant: object = None
     ts: object = None
+    route: object = None
+    x_exp: object = None
 
 
 _decoder = msgspec.json.Decoder(_Telemetry)
@@ -145,6 +147,7 @@ def _to_event(t: Any, raw: bytes) -> Event:
         question, topic, paraphrase, seed,
         None if c is UNSET else c.prefix,
         None if c is UNSET else c.hit,
+        None if (x := t.x_exp) is UNSET else x,
         raw,
     )
 
@@ -166,6 +169,28 @@ def _readable(raw: bytes) -> tuple[str | None, float | None]:
     except ValueError:
         ts = None
     return variant, ts
+
+
+def _text_field(name: bytes) -> re.Pattern[bytes]:
+    return re.compile(rb'"' + name + rb'"\s*:\s*"([^"\\]{1,256})"')
+
+
+_ROUTE_TEXT = _text_field(b"route")
+_X_EXP_TEXT = _text_field(b"x_exp")
+
+
+def readable_routing(raw: bytes) -> tuple[str | None, str | None, str | None]:
+    """The x_exp, route and variant of a broken message, where they can still be read (fleet routing)."""
+    def text(value: object) -> str | None:
+        return value if isinstance(value, str) and value else None
+
+    try:
+        found = _readable_decoder.decode(raw)
+        return text(found.x_exp), text(found.route), text(found.variant)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        got = [p.search(raw) for p in (_X_EXP_TEXT, _ROUTE_TEXT, _VARIANT_TEXT)]
+        x_exp, route, variant = (m.group(1).decode("utf-8", errors="replace") if m else None for m in got)
+        return x_exp, route, variant
 
 
 def _failure(raw: bytes, reason: DeadLetterReason, detail: str, readable: bytes | None = None) -> DecodeError:
@@ -239,4 +264,4 @@ def decode_batch(lines: list[bytes], max_bytes: int = 1_048_576) -> list[Event |
     return [decode(line, max_bytes) for line in lines]
 
 
-__all__ = ["SchemaViolation", "decode", "decode_batch", "parse_ts"]
+__all__ = ["SchemaViolation", "decode", "decode_batch", "parse_ts", "readable_routing"]

@@ -110,7 +110,7 @@ MESSAGE: tuple[Rule | Block, ...] = (
     Rule("sticky", "str", required=True, label=True, event="sticky"),
     Rule("region", "str", required=True, label=True, dictionary=True, event="region"),
     Rule("edge_pop", "str", dictionary=True),
-    Rule("x_exp", "str", dictionary=True),
+    Rule("x_exp", "str", dictionary=True, event="x_exp"),
     Rule("request_id", "str", event="request_id"),
     Rule("cold_start", "bool", required=True, event="cold_start"),
     Rule("x_warm", "bool", event="x_warm", absent=False, default=False),

@@ -40,7 +40,8 @@ class Board:
     def __init__(self) -> None:
         self.verdict: Verdict | None = None
         self.verdicts = 0
-        self.events = 0
+        self.events = 0  # over every rollout (a fleet run judges several)
+        self.events_of: dict[str, int] = {}
         self.dead: Counter[str] = Counter()
 
     def observe(self, item: Report | DeadLetter) -> None:
@@ -50,7 +51,9 @@ class Board:
             return
         self.verdict = item.verdict
         self.verdicts += 1
-        self.events = item.totals.get("events_in", self.events)
+        rollout = item.verdict.rollout
+        self.events_of[rollout] = item.totals.get("events_in", self.events_of.get(rollout, 0))
+        self.events = sum(self.events_of.values())
 
     def render(self) -> Group:
         """The board as rich renderables."""

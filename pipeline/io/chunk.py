@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import Any
 
 # Messages per micro-batch, at most (`run --batch-size`).  Decoding and summarising a batch
 # column-wise has a fixed cost of a few milliseconds, so large batches pay: on the reference
@@ -29,12 +30,28 @@ class Chunk:
     keys: list[bytes | None] | None = None
     timestamps: list[int] | None = None
     headers: list[list[tuple[str, bytes | None]] | None] | None = None
+    # A picked chunk (`pick`): where each line sat in the chunk it was picked from (files: for `locate`).
+    at: list[int] | None = None
 
     def locate(self, i: int) -> str:
         """Where message i came from: "file:line" or "topic/partition@offset"."""
         if self.offsets is not None:
             return f"{self.name}@{self.offsets[i]}"
-        return f"{self.name}:{self.first + i}"
+        return f"{self.name}:{self.first + (i if self.at is None else self.at[i])}"
+
+    def pick(self, rows: list[int], last: bool | None = None) -> Chunk:
+        """The chunk of the messages at `rows` (ascending), each keeping its place and Kafka origin.
+
+        Fleet mode hands each rollout its own messages of a chunk this way.  `last`
+        defaults to this chunk's (a picked chunk ends the partition as its source did).
+        """
+        def take(values: list[Any] | None) -> list[Any] | None:
+            return None if values is None else [values[i] for i in rows]
+
+        where = rows if self.at is None else [self.at[i] for i in rows]
+        return Chunk(self.partition, [self.lines[i] for i in rows], self.name, self.first,
+                     self.last if last is None else last, take(self.offsets), self.lag, self.down,
+                     take(self.keys), take(self.timestamps), take(self.headers), where)
 
     def index_of(self, source: str | None) -> int | None:
         """The index of the Kafka message that `locate` named `source`, if it is in this chunk."""

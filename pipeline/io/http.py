@@ -132,7 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     registry: CollectorRegistry
     collector: CanaryCollector
-    stage: Callable[[], str] | None
+    stage: Callable[[str], str | None] | None
 
     def do_GET(self) -> None:
         self._answer(*self._route("GET"))
@@ -179,7 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) == 2:
             return self._json(200, record)
         try:
-            wanted = wanted_stage(query, body, self.stage() if self.stage is not None else None)
+            wanted = wanted_stage(query, body, self.stage(rollout) if self.stage is not None else None)
         except BadRequest as exc:
             return self._json(exc.code, {"error": str(exc)})
         return self._json(*controller_answer(parts[2], assess(rollout, record, wanted)))
@@ -241,10 +241,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(collector: CanaryCollector, port: int, addr: str = "0.0.0.0",
-          stage: Callable[[], str] | None = None) -> CollectorRegistry:
+          stage: Callable[[str], str | None] | None = None) -> CollectorRegistry:
     """Serve /metrics and the /verdicts endpoints on `port` from a daemon thread.
 
-    `stage` returns the stage the run judges now; without it, controller endpoints need `?stage=`.
+    `stage(rollout)` returns the stage the run judges that rollout at now (None: not known);
+    without it, controller endpoints need `?stage=`.
     """
     registry = CollectorRegistry()
     registry.register(collector)

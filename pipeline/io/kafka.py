@@ -528,11 +528,11 @@ def epoch_ms(moment: str) -> int:
     return round(datetime.fromisoformat(moment).timestamp() * 1000)
 
 
-def render_verdict(rollout: str) -> Callable[[Report], Message]:
-    """Verdicts of `rollout` as Kafka messages (`verdict_message`)."""
+def render_verdict(rollout: str | None) -> Callable[[Report], Message]:
+    """Verdicts of `rollout` (None: of any rollout, a fleet's) as Kafka messages (`verdict_message`)."""
     def render(report: Report) -> Message:
         record = report.verdict.to_record()
-        if record["rollout"] != rollout:
+        if rollout is not None and record["rollout"] != rollout:
             raise ValueError(f"verdict of rollout {record['rollout']!r} on the sink of {rollout!r}")
         return verdict_message(record)
 

@@ -35,7 +35,9 @@ from prometheus_client.registry import Collector
 
 from pipeline.aggregate.stats import OTHER, ClosedWindow
 from pipeline.engine import Report
+from pipeline.fleet import MAX_UNMATCHED, Progress, Retired, Unmatched, UnmatchedCounts
 from pipeline.io.health import SourceHealth
+from pipeline.io.rollouts import FleetControl
 from pipeline.model import DeadLetter, Decision, GateStatus, Verdict
 
 PREFIX = "canary_gate"
@@ -116,9 +118,11 @@ class CanaryCollector(Collector):
     """Holds what the window closes of each rollout said; renders it as metric families."""
 
     def __init__(self, clock: Callable[[], float] = time.time, health: SourceHealth | None = None,
-                 rollouts: tuple[str, ...] = ()) -> None:
+                 rollouts: tuple[str, ...] = (), fleet: FleetControl | None = None) -> None:
         self.clock = clock
         self.health = health
+        self.fleet = fleet  # fleet mode: the rollouts directory (rollouts known before their first verdict)
+        self.unmatched = UnmatchedCounts()  # fleet mode: events of no rollout, by x_exp (bounded)
         self.lock = threading.Lock()
         # Keyed by rollout name: the configured ones from the start (their counters show 0
         # before the first verdict), others as their first verdict arrives.
@@ -137,6 +141,17 @@ class CanaryCollector(Collector):
             self.records[rollout] = item.verdict.to_record()
             self.state.setdefault(rollout, RolloutState()).observe(item)
 
+    def note(self, item: Any) -> None:
+        """Fold in what a fleet says besides verdicts: a retired rollout, unmatched events, progress."""
+        with self.lock:
+            if isinstance(item, Retired):  # its series go: a removed rollout leaves the metrics
+                self.state.pop(item.rollout, None)
+                self.records.pop(item.rollout, None)
+            elif isinstance(item, Unmatched):
+                self.unmatched.add_all(item.counts.items())
+            elif isinstance(item, Progress) and self.health is not None:
+                self.health.note(item.partition, item.messages, item.lag)
+
     def latest(self) -> dict[str, dict[str, Any]]:
         """The latest verdict record per rollout."""
         with self.lock:
@@ -145,7 +160,10 @@ class CanaryCollector(Collector):
     def rollouts(self) -> set[str]:
         """Rollouts this process judges (configured, or seen in a verdict)."""
         with self.lock:
-            return set(self.state)
+            known = set(self.state)
+        if self.fleet is not None:
+            known |= set(self.fleet.fleet.files)
+        return known
 
     def collect(self) -> Iterator[Metric]:
         with self.lock:
@@ -158,6 +176,8 @@ class CanaryCollector(Collector):
     def _process_families(self) -> Iterator[Metric]:
         yield _counter("dead_letters", "Messages sent to the dead-letter output of the process, by reason.",
                        ["reason"], {(k,): n for k, n in self.dead_letters.items()})
+        if self.fleet is not None:
+            yield from _fleet_families(self.fleet, self.unmatched)
         if self.health is not None and self.health.consumed:
             with self.health.lock:
                 consumed = dict(self.health.consumed)
@@ -300,6 +320,23 @@ def _per_rollout(name: str, doc: str, labels: list[str], states: list[tuple[str,
     for rollout, state in states:
         _add_counts(family, values(state).items(), rollout)
     return family
+
+
+def _fleet_families(fleet: FleetControl, unmatched: UnmatchedCounts) -> Iterator[Metric]:
+    """Fleet mode: the rollouts judged, the files refused, reloads, and events of no rollout by x_exp."""
+    yield _counter("unmatched_events", "Events that matched no rollout's [match], by x_exp (the first "
+                   f"{MAX_UNMATCHED} values seen, then other; empty: no x_exp).", ["x_exp"],
+                   {(k,): n for k, n in unmatched.counts.items()})
+    rollouts = GaugeMetricFamily(f"{PREFIX}_fleet_rollouts", "Rollouts the run judges now (files loaded).")
+    rollouts.add_metric([], float(len(fleet.fleet.files)))
+    yield rollouts
+    refused = GaugeMetricFamily(f"{PREFIX}_fleet_files_refused",
+                                "Files of the rollouts directory refused now (bad config, no [match], "
+                                "a name taken, past limits.max_rollouts).")
+    refused.add_metric([], float(len(fleet.fleet.problems)))
+    yield refused
+    yield _counter("fleet_reloads", "Times the rollouts directory was read again (a change or SIGHUP).",
+                   [], {(): fleet.reloads})
 
 
 def _counter(name: str, doc: str, labels: list[str], values: Any) -> CounterMetricFamily:

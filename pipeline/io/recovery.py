@@ -204,7 +204,7 @@ def _initializing(path: Path, timeout_s: float = 30.0) -> Iterator[None]:
 
 # -- prepare: tie the directory to one run -------------------------------------------------------
 
-def prepare(path: Path, cfg: Config, run: dict[str, Any], process_id: int = 0) -> Lock:
+def prepare(path: Path, cfg: Config | None, run: dict[str, Any], process_id: int = 0) -> Lock:
     """Create a recovery directory, or check that this run may resume from it; hold it for the run.
 
     The state in it is partitioned by worker count and tied to the source, the
@@ -231,9 +231,10 @@ def prepare(path: Path, cfg: Config, run: dict[str, Any], process_id: int = 0) -
 
     run = {**run, "source": source if source.startswith("kafka://") else str(Path(source).resolve()),
            "verdicts": file_of(verdicts), "dead_letters": file_of(dead)}
+    # A fleet's rollouts check their own fixed settings as each resumes (flow._RolloutJudge).
     expected = {**run, "fixed": {"control": cfg.control, "canary": cfg.canary,
                                  "windows": dataclasses.asdict(cfg.windows),
-                                 "limits": dataclasses.asdict(cfg.limits)}}
+                                 "limits": dataclasses.asdict(cfg.limits)} if cfg is not None else "fleet"}
     if path.exists() and not (path / RECOVERY_FILE).exists() and (not path.is_dir() or _foreign(path)):
         raise RecoveryError(f"--recovery-dir {path}: exists and is not a canary-gate recovery directory")
     try:

@@ -1,0 +1,227 @@
+"""Fleet mode: the rollouts of a directory, and which rollout an event is (pure core).
+
+`run --rollouts DIR` judges every rollout whose file is in DIR from one
+telemetry stream.  Each `*.toml` in the directory is one rollout config
+(config.md), whose `[match]` says which events are its own: an `x_exp`
+(the experiment id the edge propagates), a route prefix, variant names; every
+key given must hold.  This module is the one home of that rule, in a scalar
+form (`Router.route_one`, one event) and a column form (`Router.route`, a
+frame), tested against each other, and of how a directory is read
+(`load_dir`): a bad file is reported in one line and skipped, the others
+load.
+
+An event matching no rollout is not a dead letter (the topic carries other
+services' traffic): it is counted by its `x_exp`, the first MAX_UNMATCHED
+distinct values by name and the rest as "other".  An event matching two
+rollouts is a configuration error: it goes to the dead-letter output with
+both names, and counts against no rollout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from pipeline import config as config_mod
+from pipeline.config import Config, ConfigError, Match
+from pipeline.model import Event
+
+UNMATCHED = -1  # route: the event is no rollout's
+AMBIGUOUS = -2  # route: the event matches two rollouts or more
+MAX_UNMATCHED = 100  # distinct x_exp values counted by name among unmatched events; the rest are "other"
+OTHER = "other"
+NO_X_EXP = ""  # how an unmatched event without x_exp is counted
+
+
+def matches(match: Match, x_exp: str | None, route: str, variant: str) -> bool:
+    """Whether an event with these values is the rollout's (scalar form of `match_column`)."""
+    if match.x_exp and x_exp not in match.x_exp:
+        return False
+    if match.route_prefix and not route.startswith(match.route_prefix):
+        return False
+    return not match.variants or variant in match.variants
+
+
+def match_column(match: Match) -> pl.Expr:
+    """Whether each event of a frame is the rollout's (column form of `matches`), never null."""
+    holds: list[pl.Expr] = []
+    if match.x_exp:
+        holds.append(pl.col("x_exp").cast(pl.String).is_in(list(match.x_exp)).fill_null(False))
+    if match.route_prefix:
+        route = pl.col("route").cast(pl.String)
+        holds.append(pl.any_horizontal([route.str.starts_with(p) for p in match.route_prefix]))
+    if match.variants:
+        holds.append(pl.col("variant").cast(pl.String).is_in(list(match.variants)))
+    return pl.all_horizontal(holds) if holds else pl.repeat(True, pl.len())
+
+
+class Router:
+    """Routes events to the rollouts of a fleet, by index into `names`."""
+
+    def __init__(self, rollouts: Sequence[Config]) -> None:
+        self.names = tuple(cfg.name for cfg in rollouts)
+        self.matches = tuple(cfg.match for cfg in rollouts)
+        self._columns = [match_column(m).alias(f"m{i}") for i, m in enumerate(self.matches)]
+
+    def route_one(self, e: Event) -> int:
+        """The index of the event's rollout, UNMATCHED or AMBIGUOUS."""
+        return self.route_values(e.x_exp, e.route, e.variant)
+
+    def route_values(self, x_exp: str | None, route: str | None, variant: str | None) -> int:
+        """`route_one` of an event's values; None where a broken message's value cannot be read."""
+        found = [i for i, m in enumerate(self.matches) if matches(m, x_exp, route or "", variant or "")]
+        if not found:
+            return UNMATCHED
+        return found[0] if len(found) == 1 else AMBIGUOUS
+
+    def route(self, events: pl.DataFrame) -> npt.NDArray[np.int64]:
+        """`route_one` of each row of a frame (frame.SCHEMA), as one array."""
+        n = len(events)
+        if not self.matches or n == 0:
+            return np.full(n, UNMATCHED, dtype=np.int64)
+        hits: npt.NDArray[np.bool_] = events.select(self._columns).to_numpy().astype(np.bool_, copy=False)
+        count = hits.sum(axis=1)
+        out: npt.NDArray[np.int64] = np.argmax(hits, axis=1).astype(np.int64)
+        out[count == 0] = UNMATCHED
+        out[count > 1] = AMBIGUOUS
+        return out
+
+    def claimants(self, x_exp: str | None, route: str | None, variant: str | None) -> list[str]:
+        """The rollouts an event with these values matches (to name them in an ambiguity's dead letter)."""
+        return [self.names[i] for i, m in enumerate(self.matches)
+                if matches(m, x_exp, route or "", variant or "")]
+
+
+@dataclass
+class UnmatchedCounts:
+    """Unmatched events by x_exp, bounded: MAX_UNMATCHED names, then OTHER."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def add(self, x_exp: str | None, n: int = 1) -> None:
+        key = NO_X_EXP if x_exp is None else x_exp
+        if key not in self.counts and len(self.counts) >= MAX_UNMATCHED:
+            key = OTHER
+        self.counts[key] += n
+
+    def add_all(self, values: Iterable[tuple[str | None, int]]) -> None:
+        for x_exp, n in values:
+            self.add(x_exp, n)
+
+
+@dataclass(frozen=True, slots=True)
+class Retired:
+    """Fleet output: a rollout's judge has stopped (its file is gone): its metrics series go too."""
+
+    rollout: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unmatched:
+    """Fleet output: events of a chunk that matched no rollout, by x_exp (bounded: fleet.UnmatchedCounts)."""
+
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Fleet output: what a chunk said of its partition, for the source health of process 0."""
+
+    partition: str
+    messages: int
+    lag: int | None
+
+
+@dataclass(frozen=True)
+class RolloutFile:
+    """One loaded rollout file: its config and a digest of its text (a change reloads it)."""
+
+    path: str
+    cfg: Config
+    digest: str
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The rollouts of a directory, by name (sorted), and the files that were refused (one line each)."""
+
+    files: dict[str, RolloutFile]
+    problems: tuple[str, ...] = ()
+
+    @property
+    def configs(self) -> list[Config]:
+        return [f.cfg for f in self.files.values()]
+
+    def get(self, name: str) -> Config | None:
+        found = self.files.get(name)
+        return None if found is None else found.cfg
+
+
+class FleetError(ValueError):
+    """The rollouts directory cannot be used at all (missing, not a directory)."""
+
+
+def load_dir(path: str | Path, keep: Iterable[str] = ()) -> Fleet:
+    """Every `*.toml` of a directory as a rollout (file name order); bad files refused, one line each.
+
+    A file is refused when it is not a valid config, has no `[match]`, names a
+    rollout another file already named, or would take the fleet past its
+    `limits.max_rollouts` (the smallest any loaded file sets).  Rollouts in
+    `keep` (those already running) are taken first, so a new file past the
+    bound never displaces a running rollout.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FleetError(f"--rollouts {path}: not a directory")
+    loaded: list[RolloutFile] = []
+    problems: list[str] = []
+    for file in sorted(root.glob("*.toml")):
+        try:
+            text = config_mod.read_text(file)
+            cfg = config_mod.parse(text)
+        except ConfigError as exc:
+            problems.append(f"{file.name}: {exc}")
+            continue
+        if not cfg.match.given:
+            problems.append(f"{file.name}: match: a fleet rollout needs [match] with x_exp, route_prefix "
+                            "or variants (which events are its own)")
+            continue
+        loaded.append(RolloutFile(str(file), cfg, hashlib.sha256(text.encode()).hexdigest()))
+    running = set(keep)
+    loaded.sort(key=lambda f: (f.cfg.name not in running, Path(f.path).name))
+    files: dict[str, RolloutFile] = {}
+    bound = min((f.cfg.limits.max_rollouts for f in loaded), default=0)
+    for f in loaded:
+        name = Path(f.path).name
+        if f.cfg.name in files:
+            problems.append(f"{name}: rollout.name: {f.cfg.name!r} is already "
+                            f"{Path(files[f.cfg.name].path).name}'s")
+        elif len(files) >= bound:
+            problems.append(f"{name}: limits.max_rollouts: the fleet already judges {bound} rollouts")
+        else:
+            files[f.cfg.name] = f
+    return Fleet(dict(sorted(files.items())), tuple(sorted(problems)))
+
+
+__all__ = [
+    "AMBIGUOUS",
+    "MAX_UNMATCHED",
+    "NO_X_EXP",
+    "OTHER",
+    "UNMATCHED",
+    "Fleet",
+    "FleetError",
+    "RolloutFile",
+    "Router",
+    "Unmatched", "UnmatchedCounts",
+    "load_dir",
+    "match_column",
+    "matches",
+]
