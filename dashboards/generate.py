@@ -5,8 +5,9 @@
 
 Every PromQL expression uses the metric names of docs/metrics.md and follows
 the dashboard's `$rollout` variable: per-rollout metrics are selected by their
-`rollout` label; process-wide ones (partition lag, dead letters) are kept to
-the processes that judge a selected rollout, by joining on the scrape target.
+`rollout` label; process-wide ones (partition lag, dead letters, the fleet
+mode's rollouts, refused files and unmatched events) are kept to the processes
+that judge a selected rollout, by joining on the scrape target.
 Every panel shows the rollouts' stops and promotions as annotations.  Tests
 check the expressions against a real scrape and a real Prometheus, and the
 JSON against the Grafana schema of the pinned Go SDK (tests/grafana/).
@@ -196,7 +197,19 @@ def health() -> Dashboard:
                            q(f"increase(canary_gate_verdicts_total{{{R}}}[10m])", "{{rollout}}")))
             .with_panel(ts("Dropped events by reason", "eps",
                            q(f"sum by (rollout, reason) (rate(canary_gate_dropped_events_total{{{R}}}[5m]))",
-                             "{{rollout}} {{reason}}"))))
+                             "{{rollout}} {{reason}}")))
+            # Fleet mode (run --rollouts DIR, docs/fleet.md): process-wide, kept to the processes
+            # that judge a selected rollout; a one-rollout run has none of these series.
+            .with_row(Row("Fleet"))
+            .with_panel(ts("Unmatched events by x_exp (processes judging the rollout)", "eps",
+                           q("sum by (instance, x_exp) "
+                             f"(rate(canary_gate_unmatched_events_total[5m]) {OF_ROLLOUT})",
+                             "{{instance}} x_exp={{x_exp}}")))
+            .with_panel(ts("Rollouts judged", "none",
+                           q(f"canary_gate_fleet_rollouts {OF_ROLLOUT}", "{{instance}}"), width=6))
+            .with_panel(ts("Rollout files refused", "none",
+                           q(f"canary_gate_fleet_files_refused {OF_ROLLOUT}", "{{instance}}"),
+                           width=6, line=1)))
 
 
 DASHBOARDS = {"overview": overview, "latency": latency, "errors": errors, "quality": quality,

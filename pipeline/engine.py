@@ -20,6 +20,7 @@ live Kafka is `tick`, driven from outside with a wall time.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -43,7 +44,7 @@ from pipeline.model import (
     Verdict,
     format_time,
 )
-from pipeline.population import sticky_keys, users_of
+from pipeline.population import ROWS, sticky_keys, users_of
 
 QUANTILES = (0.5, 0.95, 0.99)
 INDEX_COMBOS_MAX = 50  # (variant, region, INDEX_HASH, metric, analyzer) series exported at most
@@ -215,8 +216,10 @@ class Engine:
             self._window(wid).c["duplicates"][caps.admit("variant", variant)] += n
             self.totals["duplicates"] += n
         caps.admit_values(part.labels)
+        rows = part.labels.get(ROWS)
+        as_is = rows is not None and caps.keeps_as_is(rows)
         for w in part.windows:
-            self._window(w.wid).merge_relabeled(w.stats, caps)
+            self._window(w.wid).merge_relabeled(w.stats, caps, as_is)
             for variant, keys in w.sticky.items():
                 self.sticky.see_many(variant, keys, w.wid)
         ids = part.ids
@@ -474,11 +477,15 @@ class Engine:
 
 
 def fixed_changes(old: Config, new: Config) -> list[str]:
-    """The settings that shape an engine's state and differ between two configs (they cannot change)."""
+    """The settings that shape an engine's state and differ between two configs (they cannot change).
+
+    `limits.max_rollouts` bounds a fleet, not an engine's state: it may change.
+    """
     return [key for key, a, b in (
         ("rollout.name", old.name, new.name), ("rollout.control", old.control, new.control),
         ("rollout.canary", old.canary, new.canary), ("windows", old.windows, new.windows),
-        ("limits", old.limits, new.limits)) if a != b]
+        ("limits", dataclasses.replace(old.limits, max_rollouts=0),
+         dataclasses.replace(new.limits, max_rollouts=0))) if a != b]
 
 
 def _live_changes(old: Config, new: Config, since: str) -> list[str]:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from pipeline.aggregate.partial import Partial, summarize_runs
@@ -84,21 +85,38 @@ def split(events: pl.DataFrame, dead: Dead, size: float, variants: tuple[str, ..
     pass (`summarize_runs`): a bad line costs the batch one cut, not a summary.
     """
     rows = events["row"].to_numpy()
-    cuts: list[tuple[int, int, tuple[int, DecodeError] | None]] = []  # each run, and the dead letter after it
+    cuts, long = _cut(rows, dead, small)
+    if sum(stop - start for start, stop in long) < SUMMARY_MIN:
+        long = []  # a summary costs a few milliseconds whatever its size: more than feeding these
+    summaries = summarize_runs(events, long, size, variants) if long else []
+    return _assemble(cuts, long, rows, summaries)
+
+
+# each run [start, stop) of a frame, and the dead letter after it
+Cuts = list[tuple[int, int, tuple[int, DecodeError] | None]]
+
+
+def _cut(rows: npt.NDArray[np.int64], dead: Dead, small: int) -> tuple[Cuts, list[tuple[int, int]]]:
+    """The runs of accepted events between the dead letters, and those of `small` events or more."""
+    cuts: Cuts = []
     start = 0
     for row, error in dead:
         end = int(np.searchsorted(rows, row))
         cuts.append((start, end, (row, error)))
         start = end
     cuts.append((start, len(rows), None))
-    long = [(start, stop) for start, stop, _ in cuts if stop - start >= small]
-    if sum(stop - start for start, stop in long) < SUMMARY_MIN:
-        long = []  # a summary costs a few milliseconds whatever its size: more than feeding these
-    summaries = iter(summarize_runs(events, long, size, variants) if long else [])
+    return cuts, [(start, stop) for start, stop, _ in cuts if stop - start >= small]
+
+
+def _assemble(cuts: Cuts, long: list[tuple[int, int]], rows: npt.NDArray[np.int64],
+              summaries: Sequence[Partial]) -> list[Piece]:
+    """The pieces in order: the `long` runs as their summaries, the others as runs, dead letters between."""
+    summarized = dict(zip(long, summaries, strict=True))
     pieces: list[Piece] = []
     for start, stop, after in cuts:
-        if long and stop - start >= small:
-            pieces.append(Summary(start, stop, int(rows[start]), next(summaries)))
+        partial = summarized.get((start, stop))
+        if partial is not None:
+            pieces.append(Summary(start, stop, int(rows[start]), partial))
         elif stop > start:
             pieces.append(Run(start, stop, int(rows[start])))
         if after is not None:
@@ -159,26 +177,46 @@ def route_chunk(chunk: Chunk, router: Router, rollouts: Sequence[Config], max_by
     placed += [(row, _ambiguous(chunk, row, router, max_bytes))
                for row in np.flatnonzero(target == AMBIGUOUS).tolist()]
     letters = [letter for _, letter in sorted(placed, key=lambda x: x[0])]
-    order = np.argsort(routes, kind="stable")
-    grouped = events[order] if len(order) else events
-    bounds = np.searchsorted(routes[order], np.arange(len(router.names) + 1))
-    dead_of: dict[int, list[tuple[int, DecodeError]]] = {}
+    mine: dict[str, tuple[Chunk, list[Piece]]] = {}
+    # Each rollout's messages, in order, renumbered as a chunk of its own (`row` = index in its chunk).
+    order = np.argsort(target, kind="stable")
+    starts = np.searchsorted(target[order], np.arange(len(router.names) + 1))
+    rank = np.empty(len(target), dtype=np.int64)
+    rank[order] = np.arange(len(target)) - starts[np.clip(target[order], 0, None)]
+    by_rollout = np.argsort(routes, kind="stable")
+    grouped = events[by_rollout] if len(by_rollout) else events
+    grouped = grouped.with_columns(row=pl.Series(rank[rows[by_rollout]], dtype=pl.Int64))
+    bounds = np.searchsorted(routes[by_rollout], np.arange(len(router.names) + 1))
+    dead_of: dict[int, Dead] = {}
     for row, error in dead:
         if target[row] >= 0:
-            dead_of.setdefault(int(target[row]), []).append((row, error))
-    mine: dict[str, tuple[Chunk, list[Piece]]] = {}
-    for i, name in enumerate(router.names):
-        picked = np.flatnonzero(target == i)
-        if len(picked) == 0:
-            if chunk.last or chunk.down:
-                mine[name] = (chunk.pick([]), [])
+            dead_of.setdefault(int(target[row]), []).append((int(rank[row]), error))
+    # Every rollout's long runs are summarised in one pass (its own window size and variants).
+    plans: list[tuple[int, npt.NDArray[np.int64], Cuts, list[tuple[int, int]]]] = []
+    runs: list[tuple[int, int]] = []
+    sizes: list[float] = []
+    variants: list[tuple[str, ...]] = []
+    all_rows = grouped["row"].to_numpy()
+    for i in range(len(router.names)):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        if hi == lo and i not in dead_of:
             continue
-        own = grouped[int(bounds[i]):int(bounds[i + 1])]
-        own = own.with_columns(row=pl.Series(np.searchsorted(picked, own["row"].to_numpy()), dtype=pl.Int64))
-        own_dead = [(int(np.searchsorted(picked, row)), error) for row, error in dead_of.get(i, [])]
-        cfg = rollouts[i]
-        mine[name] = (chunk.pick(picked.tolist()),
-                      split(own, own_dead, cfg.windows.size_s, (cfg.control, cfg.canary)))
+        own_rows = all_rows[lo:hi]
+        cuts, long = _cut(own_rows, dead_of.get(i, []), SMALL)
+        plans.append((i, own_rows, cuts, long))
+        runs += [(lo + start, lo + stop) for start, stop in long]
+        sizes += [rollouts[i].windows.size_s] * len(long)
+        variants += [(rollouts[i].control, rollouts[i].canary)] * len(long)
+    if sum(stop - start for start, stop in runs) < SUMMARY_MIN:
+        runs = []
+        plans = [(i, own_rows, cuts, []) for i, own_rows, cuts, _ in plans]
+    summaries = iter(summarize_runs(grouped, runs, sizes, variants) if runs else [])
+    picks = chunk.pick_many([order[int(starts[i]):int(starts[i + 1])] for i, *_ in plans])
+    for (i, own_rows, cuts, long), own in zip(plans, picks, strict=True):
+        mine[router.names[i]] = (own, _assemble(cuts, long, own_rows, [next(summaries) for _ in long]))
+    if chunk.last or chunk.down:  # every rollout hears that its partition ended or is down
+        for name in router.names:
+            mine.setdefault(name, (chunk.pick([]), []))
     return Routed(mine, letters, unmatched)
 
 

@@ -19,6 +19,7 @@ both names, and counts against no rollout.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -37,6 +38,7 @@ UNMATCHED = -1  # route: the event is no rollout's
 AMBIGUOUS = -2  # route: the event matches two rollouts or more
 MAX_UNMATCHED = 100  # distinct x_exp values counted by name among unmatched events; the rest are "other"
 OTHER = "other"
+ROUTED_BY = ("x_exp", "route", "variant")  # the event fields [match] reads
 NO_X_EXP = ""  # how an unmatched event without x_exp is counted
 
 
@@ -69,6 +71,13 @@ class Router:
         self.names = tuple(cfg.name for cfg in rollouts)
         self.matches = tuple(cfg.match for cfg in rollouts)
         self._columns = [match_column(m).alias(f"m{i}") for i, m in enumerate(self.matches)]
+        # Which rollouts an x_exp can match (those naming it, and those that name none): the rule
+        # is checked against these only.
+        self._any_x_exp = [i for i, m in enumerate(self.matches) if not m.x_exp]
+        self._by_x_exp: dict[str, list[int]] = {}
+        for i, m in enumerate(self.matches):
+            for value in m.x_exp:
+                self._by_x_exp.setdefault(value, []).append(i)
 
     def route_one(self, e: Event) -> int:
         """The index of the event's rollout, UNMATCHED or AMBIGUOUS."""
@@ -76,13 +85,35 @@ class Router:
 
     def route_values(self, x_exp: str | None, route: str | None, variant: str | None) -> int:
         """`route_one` of an event's values; None where a broken message's value cannot be read."""
-        found = [i for i, m in enumerate(self.matches) if matches(m, x_exp, route or "", variant or "")]
+        named = self._by_x_exp.get(x_exp, []) if x_exp is not None else []
+        found = [i for i in (named + self._any_x_exp if self._any_x_exp else named)
+                 if matches(self.matches[i], x_exp, route or "", variant or "")]
         if not found:
             return UNMATCHED
         return found[0] if len(found) == 1 else AMBIGUOUS
 
     def route(self, events: pl.DataFrame) -> npt.NDArray[np.int64]:
-        """`route_one` of each row of a frame (frame.SCHEMA), as one array."""
+        """`route_one` of each row of a frame (frame.SCHEMA), as one array.
+
+        The rule is applied once per distinct (x_exp, route, variant) of the
+        frame (a few hundred at most in a batch, whatever its size) by the
+        scalar form, and spread to the rows by their dictionary codes.
+        """
+        n = len(events)
+        if not self.matches or n == 0:
+            return np.full(n, UNMATCHED, dtype=np.int64)
+        codes = events.select(
+            pl.col(c).to_physical().cast(pl.Int64).fill_null(-1) + 1 for c in ROUTED_BY).to_numpy()
+        widths = codes.max(axis=0) + 1
+        key = (codes[:, 0] * widths[1] + codes[:, 1]) * widths[2] + codes[:, 2]
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        values = events.select(ROUTED_BY)[first.tolist()].rows()
+        each = np.array([self.route_values(*v) for v in values], dtype=np.int64)
+        routed: npt.NDArray[np.int64] = each[inverse.ravel()]
+        return routed
+
+    def route_columns(self, events: pl.DataFrame) -> npt.NDArray[np.int64]:
+        """`route` by the column form of the rule, `match_column` (tests hold the two together)."""
         n = len(events)
         if not self.matches or n == 0:
             return np.full(n, UNMATCHED, dtype=np.int64)
@@ -141,11 +172,13 @@ class Progress:
 
 @dataclass(frozen=True)
 class RolloutFile:
-    """One loaded rollout file: its config and a digest of its text (a change reloads it)."""
+    """One loaded rollout file: its config, a digest of its text (a change reloads it) and its
+    generation (which load first took the rollout: one removed and added again is a new rollout)."""
 
     path: str
     cfg: Config
     digest: str
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -168,33 +201,41 @@ class FleetError(ValueError):
     """The rollouts directory cannot be used at all (missing, not a directory)."""
 
 
-def load_dir(path: str | Path, keep: Iterable[str] = ()) -> Fleet:
+def load_dir(path: str | Path, previous: Fleet | None = None, generation: int = 0) -> Fleet:
     """Every `*.toml` of a directory as a rollout (file name order); bad files refused, one line each.
 
     A file is refused when it is not a valid config, has no `[match]`, names a
     rollout another file already named, or would take the fleet past its
-    `limits.max_rollouts` (the smallest any loaded file sets).  Rollouts in
-    `keep` (those already running) are taken first, so a new file past the
-    bound never displaces a running rollout.
+    `limits.max_rollouts` (the smallest any loaded file sets).  With the
+    `previous` fleet (a reload): its rollouts are taken first, so a new file
+    past the bound never displaces a running rollout; a running rollout whose
+    file has turned bad goes on under its last good config (reported); and a
+    rollout new to the fleet gets `generation`, the others keep theirs.
     """
     root = Path(path)
     if not root.is_dir():
         raise FleetError(f"--rollouts {path}: not a directory")
+    before = {} if previous is None else {f.path: f for f in previous.files.values()}
     loaded: list[RolloutFile] = []
     problems: list[str] = []
     for file in sorted(root.glob("*.toml")):
         try:
             text = config_mod.read_text(file)
             cfg = config_mod.parse(text)
+            if not cfg.match.given:
+                raise ConfigError("match", "a fleet rollout needs [match] with x_exp, route_prefix or "
+                                  "variants (which events are its own)")
         except ConfigError as exc:
-            problems.append(f"{file.name}: {exc}")
+            last = before.get(str(file))
+            if last is None:
+                problems.append(f"{file.name}: {exc}")
+            else:
+                problems.append(f"{file.name}: {exc}; rollout {last.cfg.name} goes on under its last good "
+                                "config")
+                loaded.append(last)
             continue
-        if not cfg.match.given:
-            problems.append(f"{file.name}: match: a fleet rollout needs [match] with x_exp, route_prefix "
-                            "or variants (which events are its own)")
-            continue
-        loaded.append(RolloutFile(str(file), cfg, hashlib.sha256(text.encode()).hexdigest()))
-    running = set(keep)
+        loaded.append(RolloutFile(str(file), cfg, hashlib.sha256(text.encode()).hexdigest(), generation))
+    running = {} if previous is None else previous.files
     loaded.sort(key=lambda f: (f.cfg.name not in running, Path(f.path).name))
     files: dict[str, RolloutFile] = {}
     bound = min((f.cfg.limits.max_rollouts for f in loaded), default=0)
@@ -206,22 +247,11 @@ def load_dir(path: str | Path, keep: Iterable[str] = ()) -> Fleet:
         elif len(files) >= bound:
             problems.append(f"{name}: limits.max_rollouts: the fleet already judges {bound} rollouts")
         else:
-            files[f.cfg.name] = f
+            was = running.get(f.cfg.name)
+            files[f.cfg.name] = f if was is None else dataclasses.replace(f, generation=was.generation)
     return Fleet(dict(sorted(files.items())), tuple(sorted(problems)))
 
 
-__all__ = [
-    "AMBIGUOUS",
-    "MAX_UNMATCHED",
-    "NO_X_EXP",
-    "OTHER",
-    "UNMATCHED",
-    "Fleet",
-    "FleetError",
-    "RolloutFile",
-    "Router",
-    "Unmatched", "UnmatchedCounts",
-    "load_dir",
-    "match_column",
-    "matches",
-]
+__all__ = ["AMBIGUOUS", "MAX_UNMATCHED", "NO_X_EXP", "OTHER", "ROUTED_BY", "UNMATCHED", "Fleet", "FleetError",
+           "Progress", "Retired", "RolloutFile", "Router", "Unmatched", "UnmatchedCounts", "load_dir",
+           "match_column", "matches"]

@@ -341,6 +341,7 @@ class _RolloutJudge(StatefulLogic[Decoded, FleetOutput, Engine]):
         self.clock = clock
         self.say = say
         self.inner: _JudgeLogic | None = None
+        self.generation: int | None = None  # the fleet load that took the rollout this judge judges
         if resume is not None:
             self.inner = _JudgeLogic(resume, None, clock, None)
             resume.clock.resumed(parts)
@@ -348,14 +349,25 @@ class _RolloutJudge(StatefulLogic[Decoded, FleetOutput, Engine]):
     def _engine_for(self, name: str) -> tuple[list[FleetOutput], bool]:
         """Bring the judge in line with the rollout's file; (outputs, whether the rollout is gone)."""
         cfg = self.control.config(name)
+        generation = self.control.generation(name)
         inner = self.inner
         if cfg is None:
             if inner is None:
                 return [], True
             self.inner = None
             return [*inner.engine.close(), Retired(name)], True
+        if inner is not None and self.generation is None:
+            self.generation = generation  # resumed from a snapshot: the rollout as loaded now
+        if inner is not None and generation != self.generation:
+            # removed and added again since this judge last ran (a file run has no tick to see
+            # the removal): the old rollout ends, the new one starts afresh
+            out: list[FleetOutput] = [*inner.engine.close(), Retired(name)]
+            self.inner = _JudgeLogic(Engine(cfg, self.parts), None, self.clock, None)
+            self.generation = generation
+            return out, False
         if inner is None:
             self.inner = _JudgeLogic(Engine(cfg, self.parts), None, self.clock, None)
+            self.generation = generation
             return [], False
         engine = inner.engine
         if cfg == engine.cfg:
@@ -363,7 +375,7 @@ class _RolloutJudge(StatefulLogic[Decoded, FleetOutput, Engine]):
         fixed = fixed_changes(engine.cfg, cfg)
         if fixed:
             self.say(f"rollouts: {name}: {', '.join(fixed)} changed: judged afresh from its next event")
-            out: list[FleetOutput] = [*engine.close()]
+            out = [*engine.close()]
             self.inner = _JudgeLogic(Engine(cfg, self.parts), None, self.clock, None)
             return out, False
         notes = engine.adopt(cfg)

@@ -435,6 +435,8 @@ class _World:
                  traffic_scale: float = 1.0, *, experiment: str = EXPERIMENT) -> None:
         self._seed = seed
         self._experiment = experiment
+        # Request ids are unique per experiment, so the streams of several can be merged into one.
+        self._ids = "" if experiment == EXPERIMENT else f"{experiment}-"
         self._scale = traffic_scale
         self._faults = faults
         self._end_ms = end_ms
@@ -554,7 +556,7 @@ class _World:
                 mult = cold_mult * cold_factor
                 tffb, tusable, tfinal = tffb * mult, tusable * mult, tfinal * mult
 
-            request_id = f"{variant}-{region}-{n:07d}"
+            request_id = f"{self._ids}{variant}-{region}-{n:07d}"
             event: _Json = {
                 "ts": self._ts(ts_ms),
                 "route": route,
@@ -639,7 +641,7 @@ class _World:
                 "edge_pop": pop,
                 "cold_start": False,
                 "x_exp": self._experiment,
-                "request_id": f"{variant}-probe-{n:06d}",
+                "request_id": f"{self._ids}{variant}-probe-{n:06d}",
                 "latency_ms": _latency_block(tffb, tusable, tfinal),
                 "status": 200,
                 "retrieval": _retrieval(
@@ -679,7 +681,7 @@ class _World:
                 "edge_pop": rng.choice(_EDGE_POPS[region]),
                 "cold_start": False,
                 "x_warm": True,
-                "request_id": f"{variant}-{region}-warm-{n:06d}",
+                "request_id": f"{self._ids}{variant}-{region}-warm-{n:06d}",
                 "latency_ms": _latency_block(tffb, tffb, tfinal),
                 "status": 200,
             }

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from operator import itemgetter
 from typing import Any
 
@@ -143,22 +144,29 @@ def summarize_frame(events: pl.DataFrame, size: float, variants: tuple[str, ...]
     return summarize_runs(events, [(0, len(events))], size, variants)[0]
 
 
-def summarize_runs(events: pl.DataFrame, runs: Sequence[tuple[int, int]], size: float,
-                   variants: tuple[str, ...]) -> list[Partial]:
+def summarize_runs(events: pl.DataFrame, runs: Sequence[tuple[int, int]], size: float | Sequence[float],
+                   variants: tuple[str, ...] | Sequence[tuple[str, ...]]) -> list[Partial]:
     """`summarize_frame` of each run of rows [start, stop) of `events` (ascending, disjoint), in one pass.
 
     A summary costs a few milliseconds whatever its size (a score of polars
     queries), so the runs of a batch are summarised together: every query
     groups by (run, window) instead of window, and the result is cut per run.
     Each summary is exactly the one `summarize_frame` makes of its run alone.
+    `size` and `variants` are the window size and configured variants of every
+    run, or one of each per run (a fleet's rollouts, each with its own config).
     """
+    sizes = [float(size)] * len(runs) if isinstance(size, int | float) else [float(x) for x in size]
+    configured: list[tuple[str, ...]] = (
+        [variants] * len(runs) if variants and isinstance(variants[0], str)  # type: ignore[list-item]
+        else list(variants))  # type: ignore[arg-type]
     if len(runs) == 1 and runs[0] == (0, len(events)):
         picked = events
     else:
         picked = events[np.concatenate([np.arange(start, stop) for start, stop in runs]).tolist()]
     lengths = np.array([stop - start for start, stop in runs], dtype=np.int64)
     ts = picked["ts"].to_numpy()
-    real = windows_of(ts, size)
+    real = windows_of(ts, sizes[0]) if len(set(sizes)) == 1 else np.floor_divide(
+        ts, np.repeat(np.array(sizes), lengths)).astype(np.int64)
     low = int(real.min()) if len(real) else 0
     span = int(real.max()) - low + 1 if len(real) else 1
     wids = np.repeat(np.arange(len(runs), dtype=np.int64) * span, lengths) + (real - low)  # (run, window)
@@ -173,12 +181,18 @@ def summarize_runs(events: pl.DataFrame, runs: Sequence[tuple[int, int]], size: 
     groups = narrow.group_by(_GROUP_KEYS).agg(n=pl.len(), first=pl.col("row").min())
     counters: dict[int, Counters] = {}
     firsts: list[dict[tuple[Any, ...], int]] = [{} for _ in runs]  # per run: label row -> its first row
-    for (wid,), window_groups in groups.partition_by("wid", as_dict=True, include_key=False).items():
-        rows = window_groups.drop("first").rows()
-        window = counters[int(wid)] = {f.name: Counter() for f in REQUEST_FAMILIES}
+    groups = groups.sort("wid")  # one pass over the groups, cut per (run, window): no query per window
+    group_wids = groups["wid"].to_numpy()
+    all_rows = groups.select(*SIGNATURE, "n").rows()  # as count_requests reads them
+    all_firsts = groups["first"].to_list()
+    cut = np.flatnonzero(np.r_[True, group_wids[1:] != group_wids[:-1], True]).tolist()
+    for lo, hi in pairwise(cut):
+        wid = int(group_wids[lo])
+        rows = all_rows[lo:hi]
+        window = counters[wid] = {f.name: Counter() for f in REQUEST_FAMILIES}
         count_requests(window, rows, None)  # as WindowStats.add_many, with raw labels
-        mine = firsts[int(wid) // span]
-        for row, first in zip(rows, window_groups["first"].to_list(), strict=True):
+        mine = firsts[wid // span]
+        for row, first in zip(rows, all_firsts[lo:hi], strict=True):
             if row[POPULATION_AT] == USERS:
                 (label_row,) = label_rows_of_users([_USER_LABELS(row)])
                 if mine.get(label_row, first) >= first:
@@ -209,23 +223,28 @@ def summarize_runs(events: pl.DataFrame, runs: Sequence[tuple[int, int]], size: 
                         .with_columns(wid=pl.Series(wids[probes], dtype=pl.Int64)), family)
     users = user & keep
     latency = _latency(picked, users, wids)
-    sticky = _sticky(picked, picked.select(sticky_column(variants)).to_series().to_numpy() & keep, wids,
-                     variants)
+    canary, gives = _sticky_rows(picked, lengths, configured)
+    sticky = _sticky(picked, gives & keep, canary, wids)
     window_rows = _rows_by_window(wids, present & keep)
     parts: list[list[WindowPart]] = [[] for _ in runs]
     for wid in _windows_in_order(wids, keep):
         keys, packed = latency.get(wid, ([], _NO_SKETCHES))
         closed = ClosedWindow({f: c for f, c in counters.get(wid, {}).items() if c}, keys, packed)
         parts[wid // span].append(WindowPart(wid % span + low, closed,
-                                             {v: sticky.get((wid, v), []) for v in variants}))
+                                             {v: sticky.get((wid, i), [])
+                                              for i, v in enumerate(configured[wid // span])}))
     by_run: list[list[tuple[int, str]]] = [[] for _ in runs]
     for wid, variant in repeats:
         by_run[wid // span].append((wid % span + low, variant))
     hashes_of: list[dict[int, npt.NDArray[np.uint64]]] = [{} for _ in runs]
     text_of: list[dict[int, pl.Series]] = [{} for _ in runs]
-    for wid, at in window_rows.items():
-        hashes_of[wid // span][wid % span + low] = hashes[at]
-        text_of[wid // span][wid % span + low] = rid.gather(at)
+    if window_rows:  # one gather of the ids' text for every window, then a slice (no copy) per window
+        text = rid.gather(np.concatenate(list(window_rows.values())))
+        offset = 0
+        for wid, at in window_rows.items():
+            hashes_of[wid // span][wid % span + low] = hashes[at]
+            text_of[wid // span][wid % span + low] = text.slice(offset, len(at))
+            offset += len(at)
     out = []
     ends = np.cumsum(lengths).tolist()
     for k, (start, stop) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
@@ -338,9 +357,26 @@ def _latency(events: pl.DataFrame, users: npt.NDArray[np.bool_],
     return out
 
 
-def _sticky(events: pl.DataFrame, gives: npt.NDArray[np.bool_], wids: npt.NDArray[np.int64],
-            variants: tuple[str, ...]) -> dict[tuple[int, str], list[str]]:
-    """Sticky keys of the rows that give one (population.sticky_column), per (window, variant).
+def _sticky_rows(events: pl.DataFrame, lengths: npt.NDArray[np.int64],
+                 configured: list[tuple[str, ...]]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Per row: whether its variant is its run's canary, and whether it gives a sticky key (its run's rule).
+
+    The rule is population.sticky_column, evaluated once per distinct variants pair among the runs.
+    """
+    run_of = np.repeat(np.arange(len(lengths)), lengths)
+    variant = events["variant"].cast(pl.String)
+    canary = np.zeros(len(events), dtype=np.bool_)
+    gives = np.zeros(len(events), dtype=np.bool_)
+    for pair in dict.fromkeys(configured):
+        mine = np.isin(run_of, [k for k, v in enumerate(configured) if v == pair])
+        gives |= mine & events.select(sticky_column(pair)).to_series().to_numpy()
+        canary |= mine & (variant == pair[1]).to_numpy()
+    return canary, gives
+
+
+def _sticky(events: pl.DataFrame, gives: npt.NDArray[np.bool_], canary: npt.NDArray[np.bool_],
+            wids: npt.NDArray[np.int64]) -> dict[tuple[int, int], list[str]]:
+    """Sticky keys of the rows that give one (population.sticky_column), per (window, 0 control / 1 canary).
 
     Distinct by hash with one sort, so only one string per distinct key leaves
     polars: each row's key is a 64-bit hash of the sticky key mixed with its
@@ -349,14 +385,13 @@ def _sticky(events: pl.DataFrame, gives: npt.NDArray[np.bool_], wids: npt.NDArra
     within every run of equal tops, else two keys collided and the distinct
     texts are taken instead (both colliding: odds about n**2 / 2**108).
     """
-    wanted = pl.Series(variants, dtype=pl.Categorical).to_physical().to_numpy()
-    code = events["variant"].to_physical().to_numpy()
+    code = canary.astype(np.int64)  # a row that gives a key is of its run's control (0) or canary (1)
     at = np.flatnonzero(gives)
     if len(at) == 0:
         return {}
     sticky = events["sticky"]
     window = wids[at]
-    place = ((window - window.min()) * 2 + (code[at] == wanted[1])).astype(np.uint64)
+    place = ((window - window.min()) * 2 + code[at]).astype(np.uint64)
     first = sticky.hash(seed=1).to_numpy()[at] ^ (place * np.uint64(0x9E3779B97F4A7C15))
     bits = np.uint64(max(1, (len(at) - 1).bit_length()))
     packed = (first >> bits << bits) | np.arange(len(at), dtype=np.uint64)
@@ -368,14 +403,18 @@ def _sticky(events: pl.DataFrame, gives: npt.NDArray[np.bool_], wids: npt.NDArra
     runs = np.repeat(starts, np.diff(np.r_[starts, len(at)]))
     if bool((second != second[runs]).any()):  # a collision: distinct by text
         picked = pl.DataFrame({"wid": window, "variant": code[at], "sticky": sticky.gather(at)}).unique()
+        key_wid, key_variant = picked["wid"].to_numpy(), picked["variant"].to_numpy()
+        texts = picked["sticky"]
     else:
         rows = at[order[starts]]
-        picked = pl.DataFrame({"wid": wids[rows], "variant": code[rows], "sticky": sticky.gather(rows)})
-    names = dict(zip(wanted.tolist(), variants, strict=True))
-    out: dict[tuple[int, str], list[str]] = {}
-    for (wid, variant), group in picked.partition_by("wid", "variant", as_dict=True).items():
-        out[(int(wid), names[int(variant)])] = group["sticky"].to_list()
-    return out
+        key_wid, key_variant, texts = wids[rows], code[rows], sticky.gather(rows)
+    # One list of texts in (window, variant) order, cut per (window, variant): no query per group.
+    by = np.lexsort((key_variant, key_wid))
+    values = texts.gather(by).to_list()
+    key_wid, key_variant = key_wid[by], key_variant[by]
+    cut = np.flatnonzero(np.r_[True, (key_wid[1:] != key_wid[:-1]) | (key_variant[1:] != key_variant[:-1]),
+                               True]).tolist()
+    return {(int(key_wid[lo]), int(key_variant[lo])): values[lo:hi] for lo, hi in pairwise(cut)}
 
 
 __all__ = ["Partial", "RequestIds", "WindowPart", "summarize", "summarize_frame", "summarize_runs"]

@@ -32,7 +32,9 @@ MIN_VALUE = 1e-3
 MAX_VALUE = 1e7
 
 _LOG2 = math.log(2)
-_DENSE_BINS_MAX = 4_000_000  # bins counted densely in PackedSketches.from_values (32 MB)
+# Bins are counted densely (one linear pass) when there are at most this many, or at most four per
+# value; else only the occupied ones are found, by sorting (many sketches with few values each).
+_DENSE_BINS_MIN = 1 << 18
 Counts = npt.NDArray[np.int32]  # per-bin counts of one horizon stay far below 2**31
 
 
@@ -229,8 +231,9 @@ class PackedSketches:
             ids = ids[positive]
             combined = layout.indices(values[positive])
         combined += ids * layout.size
-        if n * layout.size <= max(_DENSE_BINS_MAX, 4 * len(combined)):
-            # a count per possible bin is one linear pass; sorting the values costs more
+        if n * layout.size <= max(_DENSE_BINS_MIN, 4 * len(combined)):
+            # a count per possible bin is one linear pass; sorting the values costs more, unless
+            # the bins are mostly empty (many sketches with few values each)
             dense = np.bincount(combined, minlength=n * layout.size)
             occupied = np.flatnonzero(dense)
             counts = dense[occupied]
@@ -257,7 +260,9 @@ class PackedSketches:
         layout = _layout(accuracy)
         width = len(columns)
         total = n * width
-        if total * layout.size > max(_DENSE_BINS_MAX, 4 * len(keys) * width):
+        # Counting densely zeroes and scans every bin of every sketch: worth it only when the values
+        # fill a good share of them (many sketches with few values each, e.g. a fleet's, go sparse).
+        if total * layout.size > max(_DENSE_BINS_MIN, 4 * len(keys) * width):
             ids = (keys[:, None] * width + np.arange(width)).ravel()
             return cls.from_values(ids, np.stack(columns, axis=1).ravel(), total, accuracy)
         dense = np.zeros(total * layout.size, dtype=np.int64)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 # Messages per micro-batch, at most (`run --batch-size`).  Decoding and summarising a batch
 # column-wise has a fixed cost of a few milliseconds, so large batches pay: on the reference
@@ -39,6 +43,22 @@ class Chunk:
             return f"{self.name}@{self.offsets[i]}"
         return f"{self.name}:{self.first + (i if self.at is None else self.at[i])}"
 
+    def pick_many(self, groups: Sequence[npt.NDArray[np.int64]]) -> list[Chunk]:
+        """`pick` of each group of rows (ascending), the lists indexed once for all of them."""
+        if not groups:
+            return []
+        columns = [None if values is None else _objects(values)
+                   for values in (self.lines, self.offsets, self.keys, self.timestamps, self.headers)]
+        at = None if self.at is None else np.asarray(self.at, dtype=np.int64)
+        out = []
+        for rows in groups:
+            lines, offsets, keys, stamps, headers = (None if c is None else c[rows].tolist() for c in columns)
+            assert lines is not None
+            where = (rows if at is None else at[rows]).tolist()
+            out.append(Chunk(self.partition, lines, self.name, self.first, self.last, offsets, self.lag,
+                             self.down, keys, stamps, headers, where))
+        return out
+
     def pick(self, rows: list[int], last: bool | None = None) -> Chunk:
         """The chunk of the messages at `rows` (ascending), each keeping its place and Kafka origin.
 
@@ -62,3 +82,10 @@ class Chunk:
             return None
         i = bisect.bisect_left(self.offsets, int(offset))  # a partition's offsets only grow
         return i if i < len(self.offsets) and self.offsets[i] == int(offset) else None
+
+
+def _objects(values: list[Any]) -> npt.NDArray[np.object_]:
+    """A list as a numpy array of its objects (no copy of the objects), for indexing many times."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out

@@ -52,6 +52,11 @@ class FleetControl:
         """The current config of rollout `name`; None once its file is gone (or never was)."""
         return self.current()[0].get(name)
 
+    def generation(self, name: str) -> int | None:
+        """Which load took rollout `name` in (None: not in the fleet now); see `RolloutFile`."""
+        found = self.current()[0].files.get(name)
+        return None if found is None else found.generation
+
     def stage(self, name: str) -> str | None:
         found = self.fleet.get(name)
         return None if found is None else found.stage
@@ -79,7 +84,7 @@ class FleetControl:
                 return
             self._stamp = stamp
             try:
-                new = load_dir(self.path, keep=self.fleet.files)
+                new = load_dir(self.path, previous=self.fleet, generation=self.version + 1)
             except FleetError as exc:
                 self.say(f"rollouts: not reloaded: {exc}; the running rollouts go on")
                 return
@@ -97,6 +102,9 @@ class FleetControl:
             self.say(f"rollouts: + {name} ({Path(new.files[name].path).name}): judged from its next event")
         for name in changed:
             self.say(f"rollouts: ~ {name} ({Path(new.files[name].path).name}) changed")
+        for name in sorted(set(new.files) & set(old.files)):
+            if Path(new.files[name].path) != Path(old.files[name].path):
+                self.say(f"rollouts: ~ {name} now from {Path(new.files[name].path).name}")
         for name in removed:
             self.say(f"rollouts: - {name}: its file is gone; its open windows close and it stops")
         for problem in sorted(set(new.problems) - set(old.problems)):
