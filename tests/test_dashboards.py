@@ -23,7 +23,10 @@ from typing import Any
 
 import pytest
 import yaml
+from confluent_kafka import Producer
 from conftest import ROOT, free_port, poll_metrics, start_run
+
+from pipeline import scenarios
 
 DASHBOARDS = ROOT / "dashboards" / "json"
 RULES = ROOT / "deploy" / "prometheus" / "canary-gate.rules.yml"
@@ -236,16 +239,47 @@ def _start_prometheus(tmp_path: Path, metrics_port: int, web_port: int) -> subpr
             stdout=log, stderr=subprocess.STDOUT)
 
 
+# Families only a fleet run (run --rollouts DIR) exposes.
+FLEET_ONLY = frozenset({"canary_gate_unmatched_events_total", "canary_gate_fleet_rollouts",
+                        "canary_gate_fleet_files_refused", "canary_gate_fleet_reloads_total"})
+
+
+def _start_fleet_run(tmp_path: Path, source: str, port: int) -> subprocess.Popen[bytes]:
+    """A fleet of one rollout (the healthy scenario's, matching its two variants) serving on `port`."""
+    rollouts = tmp_path / "rollouts"
+    rollouts.mkdir()
+    (rollouts / "rollout.toml").write_text(scenarios.scenario_config("healthy")
+                                           + '\n[match]\nvariants = ["control", "canary-v2"]\n')
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--rollouts", str(rollouts), "--source", source,
+         "--verdicts", str(tmp_path / "v.jsonl"), "--dead-letters", str(tmp_path / "d.jsonl"),
+         "--metrics-port", str(port), "--metrics-addr", "127.0.0.1"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("mode", ["one rollout", "fleet"])
 def test_expressions_name_exposed_metrics_and_follow_rollout_in_a_real_prometheus(
-        kafka_bootstrap: str, tmp_path: Path) -> None:
+        kafka_bootstrap: str, tmp_path: Path, mode: str) -> None:
     topic = f"dash-{int(time.time() * 1000)}"
     res = subprocess.run([sys.executable, "-m", "pipeline.cli", "generate", "--scenario",
                           "schema_violations", "--minutes", "4",
                           "--out", f"kafka://{kafka_bootstrap}/{topic}", "--partitions", "2"],
                          cwd=ROOT, capture_output=True, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
+    fleet = mode == "fleet"
+    if fleet:  # traffic of a variant no rollout matches: counted as unmatched
+        res = subprocess.run([sys.executable, "-m", "pipeline.cli", "generate", "--scenario", "healthy",
+                              "--minutes", "1", "--experiment", "exp-shadow", "--out",
+                              str(tmp_path / "other.jsonl")], cwd=ROOT, capture_output=True, timeout=120,
+                             check=False)
+        assert res.returncode == 0, res.stderr
+        producer = Producer({"bootstrap.servers": kafka_bootstrap})
+        for line in (tmp_path / "other.jsonl").read_bytes().splitlines()[:200]:
+            producer.produce(topic, line.replace(b'"variant":"', b'"variant":"shadow-'))
+        assert producer.flush(30) == 0
     port, web_port = free_port(), free_port()
-    proc = start_run(tmp_path, "healthy", f"kafka://{kafka_bootstrap}/{topic}", port)
+    source = f"kafka://{kafka_bootstrap}/{topic}"
+    proc = _start_fleet_run(tmp_path, source, port) if fleet else start_run(tmp_path, "healthy", source, port)
     prometheus = _start_prometheus(tmp_path, port, web_port)
     try:
         # a verdict out (watermark metrics exist from then on) and partition health
@@ -257,7 +291,8 @@ def test_expressions_name_exposed_metrics_and_follow_rollout_in_a_real_prometheu
         used = set()
         for expr in _dashboard_exprs() + [r["expr"] for r in _rules()]:
             used |= set(re.findall(r"\bcanary_gate[_:][A-Za-z0-9_:]+", expr))
-        unknown = sorted(n for n in used if n not in exposed and n not in recorded)
+        unknown = sorted(n for n in used if n not in exposed and n not in recorded
+                         and (fleet or n not in FLEET_ONLY))
         assert not unknown, f"not exposed by a running canary-gate: {unknown}"
 
         # Prometheus has scraped the run twice (rates) and evaluated the rules once.
@@ -287,12 +322,13 @@ def test_expressions_name_exposed_metrics_and_follow_rollout_in_a_real_prometheu
         for e in exprs:  # a rollout no process judges shows nothing: every query follows $rollout
             assert result(e, "no-such-rollout") == [], e
             assert data[e] == result(e, ".*"), e  # and the one rollout there is shows in full
-        empty = [e for e in exprs if not data[e]]
+        empty = [e for e in exprs if not data[e] and (fleet or not any(n in e for n in FLEET_ONLY))]
         # Not vacuous: the queries show this run (it stops, so the promote annotation has nothing),
         # the process-wide ones joined to the rollout too.
         assert len(exprs) >= 29 and len(empty) <= 3, empty
         for needle in ("canary_gate_partition_lag_messages", "canary_gate_dead_letters_total",
-                       "canary_gate_requests_total", "canary_gate_latency_seconds", "canary_gate_decision"):
+                       "canary_gate_requests_total", "canary_gate_latency_seconds", "canary_gate_decision",
+                       *(sorted(FLEET_ONLY - {"canary_gate_fleet_reloads_total"}) if fleet else [])):
             assert any(needle in e and data[e] for e in exprs), (needle, empty)
     finally:
         prometheus.terminate()

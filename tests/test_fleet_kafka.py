@@ -1,0 +1,245 @@
+"""Fleet mode end to end against a real Apache Kafka broker: `run --rollouts DIR` over one topic."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from conftest import ROOT, free_port
+
+from pipeline import scenarios
+
+pytestmark = pytest.mark.integration
+
+# rollout name -> (scenario, its decision at the end)
+FLEET = {"search": ("healthy", "promote"), "chat": ("schema_violations", "stop"),
+         "docs": ("low_traffic", "insufficient_data")}
+
+
+def _cli(*args: str, timeout: float = 300,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, check=False, env={**os.environ, **(env or {})})
+
+
+def _topic(bootstrap: str, partitions: int = 4) -> str:
+    name = f"fleet-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept until the topic exists
+    admin.create_topics([NewTopic(name, partitions, 1)])[name].result(timeout=30)
+    return name
+
+
+def _config(name: str) -> str:
+    scenario = FLEET[name][0]
+    return (scenarios.scenario_config(scenario).replace('name = "chat-rag-v2"', f'name = "{name}"')
+            + f'\n[match]\nx_exp = "exp-{name}"\n')
+
+
+def _own(name: str, minutes: int = 12, start_minute: int = 0) -> list[bytes]:
+    """The rollout's telemetry that carries its x_exp (user requests, probes, broken messages)."""
+    start = scenarios.DEFAULT_START.replace(minute=start_minute)
+    return [line for line in scenarios.generate(FLEET[name][0], 5, minutes, start=start,
+                                                experiment=f"exp-{name}")
+            if f'"exp-{name}"'.encode() in line]
+
+
+def _produce(bootstrap: str, topic: str, lines: list[bytes]) -> None:
+    """Each line keyed by its sticky key, so a line lands on the same partition in any topic."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for line in lines:
+        try:
+            key = str(orjson.loads(line).get("sticky", "")).encode()
+        except orjson.JSONDecodeError:
+            key = b"broken"
+        producer.produce(topic, value=line, key=key)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def _verdicts(path: Path) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        out.setdefault(record["rollout"], []).append(record)
+    return out
+
+
+def _directory(tmp_path: Path, names: list[str]) -> Path:
+    rollouts = tmp_path / "rollouts"
+    rollouts.mkdir(exist_ok=True)
+    for name in names:
+        (rollouts / f"{name}.toml").write_text(_config(name))
+    return rollouts
+
+
+def _single(bootstrap: str, tmp_path: Path, name: str, lines: list[bytes]) -> list[dict]:
+    """A one-rollout run over just this rollout's messages, in a topic of its own (same keys)."""
+    topic = _topic(bootstrap)
+    _produce(bootstrap, topic, lines)
+    config = tmp_path / f"{name}.toml"
+    config.write_text(_config(name))
+    out = tmp_path / f"{name}.single.jsonl"
+    res = _cli("run", "--config", str(config), "--source", f"kafka://{bootstrap}/{topic}", "--until-end",
+               "--verdicts", str(out), "--dead-letters", str(tmp_path / f"{name}.single.dl.jsonl"))
+    assert res.returncode == 0, res.stderr
+    return _verdicts(out).get(name, [])
+
+
+def test_three_rollouts_interleaved_in_one_topic_judge_as_three_single_runs(kafka_bootstrap: str,
+                                                                            tmp_path: Path) -> None:
+    own = {name: _own(name) for name in FLEET}
+    others = [line for line in scenarios.generate("healthy", 9, 3, experiment="exp-elsewhere")]
+    mixed = [x for group in itertools.zip_longest(*own.values(), others) for x in group if x is not None]
+    topic = _topic(kafka_bootstrap)
+    _produce(kafka_bootstrap, topic, mixed)
+    out = tmp_path / "fleet.jsonl"
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--rollouts", str(_directory(tmp_path, list(FLEET))),
+         "--source", f"kafka://{kafka_bootstrap}/{topic}", "--until-end", "--verdicts", str(out),
+         "--dead-letters", str(tmp_path / "fleet.dl.jsonl"), "--metrics-port", str(port),
+         "--metrics-addr", "127.0.0.1", "--batch-size", "3000"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    fleet = _verdicts(out)
+    assert set(fleet) == set(FLEET)
+    for name, (_, decision) in FLEET.items():
+        single = _single(kafka_bootstrap, tmp_path, name, own[name])
+        assert len(single) >= 10
+        assert fleet[name] == single, name
+        assert fleet[name][-1]["decision"] == decision
+    # what matched no rollout was counted, not dead-lettered; the broken messages went to their rollout
+    dead = [json.loads(x) for x in (tmp_path / "fleet.dl.jsonl").read_text().splitlines()]
+    assert dead and {d["variant"] for d in dead} == {"canary-v2"}
+    assert any(v["gates"] and any(g["gate"] == "schema_violations" and g["status"] == "fail"
+                                  for g in v["gates"]) for v in fleet["chat"])
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def _get(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def _wait(check, timeout: float = 90, what: str = "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_a_rollout_added_mid_run_judges_from_its_first_event_and_a_removed_one_stops(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = _topic(kafka_bootstrap)
+    rollouts = _directory(tmp_path, ["search"])
+    out = tmp_path / "fleet.jsonl"
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--rollouts", str(rollouts),
+         "--source", f"kafka://{kafka_bootstrap}/{topic}", "--verdicts", str(out),
+         "--dead-letters", str(tmp_path / "fleet.dl.jsonl"), "--metrics-port", str(port),
+         "--metrics-addr", "127.0.0.1", "--batch-size", "2000"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        search = _own("search", minutes=20)
+        half = len(search) // 2
+        docs_early = _own("docs", minutes=3)  # before its file exists: no rollout's, counted as unmatched
+        _produce(kafka_bootstrap, topic, search[:half] + docs_early)
+        _wait(lambda: "search" in _verdicts(out) if out.exists() else False, what="search's first verdicts")
+        _wait(lambda: 'canary_gate_unmatched_events_total{x_exp="exp-docs"}' in _metrics(port),
+              what="docs' early events counted as unmatched")
+        (rollouts / "docs.toml").write_text(_config("docs"))
+        _wait(lambda: "canary_gate_fleet_rollouts 2.0" in _metrics(port), what="the new file loaded")
+        docs = _own("docs", minutes=12, start_minute=5)
+        _produce(kafka_bootstrap, topic, [x for pair in itertools.zip_longest(search[half:], docs)
+                                          for x in pair if x is not None])
+        _wait(lambda: len(_verdicts(out).get("docs", [])) >= 6, what="docs' verdicts")
+        assert _get(port, "/verdicts/docs")["rollout"] == "docs"
+        # docs' verdicts are those of a run over the events that came after its file: from its first one
+        single = _single(kafka_bootstrap, tmp_path, "docs", docs)
+        judged = _verdicts(out)["docs"]
+        assert judged == single[:len(judged)]
+        assert judged[0]["window_end"] == single[0]["window_end"]
+
+        (rollouts / "search.toml").unlink()
+        _wait(lambda: 'rollout="search"' not in _metrics(port), what="search's series removed")
+        before = len(_verdicts(out)["search"])
+        assert {v["rollout"] for v in _get(port, "/verdicts")["verdicts"]} == {"docs"}
+        _produce(kafka_bootstrap, topic, _own("search", minutes=4, start_minute=30))
+        time.sleep(4)
+        assert len(_verdicts(out)["search"]) == before  # a removed rollout publishes nothing more
+        assert 'canary_gate_fleet_rollouts 1.0' in _metrics(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "rollouts: + docs" in err and "rollouts: - search" in err
+
+
+def test_a_bad_file_is_reported_and_skipped_while_the_others_run(tmp_path: Path) -> None:
+    rollouts = _directory(tmp_path, ["search", "docs"])
+    (rollouts / "broken.toml").write_text("[rollout]\nname = 3\n")
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join([x for pair in itertools.zip_longest(_own("search", 6), _own("docs", 6))
+                                   for x in pair if x is not None]) + b"\n")
+    out = tmp_path / "v.jsonl"
+    res = _cli("run", "--rollouts", str(rollouts), "--source", str(source), "--verdicts", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "rollouts: skipped broken.toml: rollout.name:" in res.stderr
+    assert set(_verdicts(out)) == {"search", "docs"}
+    res = _cli("run", "--rollouts", str(tmp_path / "nowhere"), "--source", str(source))
+    assert res.returncode == 2 and res.stderr.strip().endswith("not a directory")
+
+
+def test_kill_9_and_resume_with_several_rollouts_gives_the_verdicts_of_an_uninterrupted_run(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    names = list(FLEET)
+    mixed = [x for group in itertools.zip_longest(*(_own(n) for n in names)) for x in group if x is not None]
+    topic = _topic(kafka_bootstrap)
+    _produce(kafka_bootstrap, topic, mixed)
+    rollouts = _directory(tmp_path, names)
+
+    def run(name: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return _cli("run", "--rollouts", str(rollouts), "--source", f"kafka://{kafka_bootstrap}/{topic}",
+                    "--until-end", "--verdicts", str(tmp_path / f"{name}.jsonl"),
+                    "--dead-letters", str(tmp_path / f"{name}.dl.jsonl"), "--batch-size", "500", *extra,
+                    env=env)
+
+    whole = run("whole")
+    assert whole.returncode == 0, whole.stderr
+    recovery = ["--recovery-dir", str(tmp_path / "rec"), "--snapshot-interval", "0.05"]
+    killed = run("resumed", *recovery, env={"CANARY_GATE_FAILPOINT": "window_close:25"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert 0 < len((tmp_path / "resumed.jsonl").read_text().splitlines()) < 60
+    resumed = run("resumed", *recovery)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stderr or "resum" in resumed.stderr
+    expected = _verdicts(tmp_path / "whole.jsonl")
+    got = _verdicts(tmp_path / "resumed.jsonl")
+    assert set(got) == set(names)
+    for name in names:
+        # a verdict made again after the crash is the same record; none is missing
+        unique = {v["window_end"]: v for v in got[name]}
+        assert list(unique.values()) == expected[name], name
