@@ -42,7 +42,7 @@ from pipeline.config import Config
 from pipeline.decode import codec
 from pipeline.decode.batch import Dead, decode_frame
 from pipeline.engine import Engine, Output, Report
-from pipeline.fleet import AMBIGUOUS, UNMATCHED, Router, UnmatchedCounts
+from pipeline.fleet import AMBIGUOUS, UNMATCHED, Router, UnmatchedCounts, ambiguity
 from pipeline.io.chunk import Chunk
 from pipeline.model import DeadLetter, DeadLetterReason, DecodeError, Event
 
@@ -167,8 +167,8 @@ def route_chunk(chunk: Chunk, router: Router, rollouts: Sequence[Config], max_by
     routes = router.route(events)
     target = np.full(len(chunk.lines), UNMATCHED, dtype=np.int64)
     target[rows] = routes
-    for row, error in dead:
-        target[row] = router.route_values(*codec.readable_routing(error.raw))
+    for (row, _), to in zip(dead, router.route_dead(dead), strict=True):
+        target[row] = to
     unmatched = UnmatchedCounts()
     if (routes == UNMATCHED).any():
         counts = events.filter(pl.Series(routes == UNMATCHED)).group_by("x_exp").len()
@@ -243,9 +243,8 @@ def _ambiguous(chunk: Chunk, row: int, router: Router, max_bytes: int) -> DeadLe
         values = codec.readable_routing(raw)
         error = decoded
         also = f"; and {decoded.reason}: {decoded.detail}"
-    names = ", ".join(router.claimants(*values))
     return _letter(chunk, row, error, DeadLetterReason.AMBIGUOUS_ROLLOUT,
-                   f"matches the [match] of rollouts {names}: fix their configs so one claims it{also}")
+                   ambiguity(router.claimants(*values), also))
 
 
 class Events(Protocol):

@@ -32,7 +32,8 @@ import polars as pl
 
 from pipeline import config as config_mod
 from pipeline.config import Config, ConfigError, Match
-from pipeline.model import Event
+from pipeline.decode.codec import readable_routing
+from pipeline.model import DecodeError, Event
 
 UNMATCHED = -1  # route: the event is no rollout's
 AMBIGUOUS = -2  # route: the event matches two rollouts or more
@@ -62,6 +63,11 @@ def match_column(match: Match) -> pl.Expr:
     if match.variants:
         holds.append(pl.col("variant").cast(pl.String).is_in(list(match.variants)))
     return pl.all_horizontal(holds) if holds else pl.repeat(True, pl.len())
+
+
+def ambiguity(names: Iterable[str], also: str = "") -> str:
+    """The detail of the dead letter of a message two rollouts or more claim (`also`: its own fault)."""
+    return f"matches the [match] of rollouts {', '.join(names)}: fix their configs so one claims it{also}"
 
 
 class Router:
@@ -123,6 +129,14 @@ class Router:
         out[count == 0] = UNMATCHED
         out[count > 1] = AMBIGUOUS
         return out
+
+    def route_dead(self, dead: Iterable[tuple[int, DecodeError]]) -> list[int]:
+        """`route_values` of each broken message, by what can still be read of it (codec.readable_routing).
+
+        A broken message of one rollout counts against it (its schema gate), as
+        in a run of that rollout alone; one no rollout or two claim is the fleet's.
+        """
+        return [self.route_values(*readable_routing(error.raw)) for _, error in dead]
 
     def claimants(self, x_exp: str | None, route: str | None, variant: str | None) -> list[str]:
         """The rollouts an event with these values matches (to name them in an ambiguity's dead letter)."""
@@ -252,6 +266,23 @@ def load_dir(path: str | Path, previous: Fleet | None = None, generation: int = 
     return Fleet(dict(sorted(files.items())), tuple(sorted(problems)))
 
 
-__all__ = ["AMBIGUOUS", "MAX_UNMATCHED", "NO_X_EXP", "OTHER", "ROUTED_BY", "UNMATCHED", "Fleet", "FleetError",
-           "Progress", "Retired", "RolloutFile", "Router", "Unmatched", "UnmatchedCounts", "load_dir",
-           "match_column", "matches"]
+__all__ = [
+    "AMBIGUOUS",
+    "MAX_UNMATCHED",
+    "NO_X_EXP",
+    "OTHER",
+    "ROUTED_BY",
+    "UNMATCHED",
+    "Fleet",
+    "FleetError",
+    "Progress",
+    "Retired",
+    "RolloutFile",
+    "Router",
+    "Unmatched",
+    "UnmatchedCounts",
+    "ambiguity",
+    "load_dir",
+    "match_column",
+    "matches",
+]

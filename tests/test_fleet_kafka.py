@@ -243,3 +243,49 @@ def test_kill_9_and_resume_with_several_rollouts_gives_the_verdicts_of_an_uninte
         # a verdict made again after the crash is the same record; none is missing
         unique = {v["window_end"]: v for v in got[name]}
         assert list(unique.values()) == expected[name], name
+
+
+def test_replay_of_a_directory_gives_each_rollout_its_stream_timeline(tmp_path: Path) -> None:
+    """`replay --rollouts DIR` over an archive of the shared stream: each rollout's timeline is that of
+    `run --rollouts` over the same file, and of `replay --config` over its events alone."""
+    own = {name: _own(name, 8) for name in FLEET}
+    claimed_twice = own["search"][5].replace(b'"exp-search"', b'"exp-both"')
+    mixed = [x for group in itertools.zip_longest(*own.values()) for x in group if x is not None]
+    archive = tmp_path / "shared.jsonl"
+    archive.write_bytes(b"\n".join([*mixed, claimed_twice, b'{"broken']) + b"\n")
+    rollouts = _directory(tmp_path, list(FLEET))
+    for name in ("search", "chat"):  # both claim exp-both
+        path = rollouts / f"{name}.toml"
+        path.write_text(path.read_text().replace(f'x_exp = "exp-{name}"',
+                                                 f'x_exp = ["exp-{name}", "exp-both"]'))
+    rep = tmp_path / "rep"
+    res = _cli("replay", "--rollouts", str(rollouts), str(archive), "--out", str(rep), "--no-report")
+    assert res.returncode == 0, res.stderr
+    stream = tmp_path / "stream.jsonl"
+    res = _cli("run", "--rollouts", str(rollouts), "--source", str(archive), "--verdicts", str(stream),
+               "--dead-letters", str(tmp_path / "stream.dl.jsonl"))
+    assert res.returncode == 0, res.stderr
+    from_stream = _verdicts(stream)
+    for name, (_, decision) in FLEET.items():
+        replayed = [json.loads(x) for x in (rep / f"{name}.verdicts.jsonl").read_text().splitlines()]
+        assert replayed == from_stream[name] and replayed[-1]["decision"] == decision
+        alone = tmp_path / f"{name}.jsonl"
+        alone.write_bytes(b"\n".join(own[name]) + b"\n")
+        config = tmp_path / f"{name}.toml"
+        config.write_text(_config(name))
+        res = _cli("replay", "--config", str(config), str(alone), "--out", str(tmp_path / f"alone-{name}"),
+                   "--no-report")
+        assert res.returncode == 0, res.stderr
+        single = (tmp_path / f"alone-{name}" / f"{name}.verdicts.jsonl").read_text().splitlines()
+        assert [json.loads(x) for x in single] == replayed
+    def letters(path: Path) -> list[dict]:
+        return [json.loads(x) for x in path.read_text().splitlines()]
+
+    fleet_dead = letters(rep / "fleet.dead-letters.jsonl")
+    assert [d["reason"] for d in fleet_dead] == ["ambiguous_rollout", "invalid_json"]
+    assert "rollouts chat, search" in fleet_dead[0]["detail"]  # by name
+    # the stream's dead-letter output holds the fleet's and every rollout's (chat's broken messages)
+    replayed_dead = fleet_dead + [d for name in FLEET for d in letters(rep / f"{name}.dead-letters.jsonl")]
+    assert len(replayed_dead) > 10
+    assert sorted((d["reason"], d["source"]) for d in letters(tmp_path / "stream.dl.jsonl")) == sorted(
+        (d["reason"], d["source"]) for d in replayed_dead)

@@ -116,7 +116,11 @@ def _add_generate(gen: argparse.ArgumentParser) -> None:
 
 
 def _add_replay(replay: argparse.ArgumentParser) -> None:
-    replay.add_argument("--config", required=True, help="rollout config (TOML) to judge the archives under")
+    judged = replay.add_mutually_exclusive_group(required=True)
+    judged.add_argument("--config", help="rollout config (TOML) to judge the archives under")
+    judged.add_argument("--rollouts", metavar="DIR",
+                        help="fleet mode: judge every rollout of DIR (one *.toml each with its [match]) over "
+                        "the archives, read once; one timeline and report per rollout (docs/fleet.md)")
     replay.add_argument("archives", nargs="+", metavar="ARCHIVE",
                         help=".jsonl, .jsonl.gz or .parquet files, folders of them or globs, read in "
                         "the order given (a folder's or glob's files by name)")

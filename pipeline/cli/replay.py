@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import orjson
 
@@ -17,16 +20,15 @@ from pipeline.model import format_time
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Judge archives as one stream; write the timeline, dead letters, report and what-ifs."""
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
     from pipeline.replay import archive, whatif
     from pipeline.replay import run as replay
     from pipeline.replay.report import render, safe_name
 
-    cfg = config_mod.load(args.config)
     if args.batch_rows < 1:
         raise UsageError(f"--batch-rows must be >= 1, got {args.batch_rows}")
+    if args.rollouts:
+        return replay_fleet(args)
+    cfg = config_mod.load(args.config)
     base_text = config_mod.read_text(args.config)
     what_ifs = []
     for path in args.thresholds:
@@ -46,17 +48,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     paths = {kind: Path(f"{base}.{kind}.jsonl") for kind in ("verdicts", "dead-letters", "windows")}
     started = time.monotonic()
     with (open(paths["verdicts"], "wb") as verdicts, open(paths["dead-letters"], "wb") as dead,
-          open(paths["windows"], "wb") as windows,
-          Progress(TextColumn("replaying"), BarColumn(), DownloadColumn(),
-                   TextColumn("{task.fields[events]}"), TimeRemainingColumn(), transient=True,
-                   disable=not sys.stderr.isatty(), console=Console(stderr=True)) as progress):
-        task = progress.add_task("replay", total=archives.total_bytes, events="")
-        seen = [0]
-
-        def advance(batch: replay.ArchiveBatch) -> None:
-            seen[0] += len(batch.frame) + len(batch.dead)
-            progress.update(task, advance=batch.done_bytes, events=f"{seen[0]:,} events")
-
+          open(paths["windows"], "wb") as windows, _progress(archives.total_bytes) as advance):
         try:
             outcome = replay.replay(cfg, archives, verdicts=verdicts, dead_letters=dead, windows=windows,
                                     on_batch=advance)
@@ -85,3 +77,81 @@ def cmd_replay(args: argparse.Namespace) -> int:
                       records or None)
         say(f"report in {page}")
     return 0
+
+
+def replay_fleet(args: argparse.Namespace) -> int:
+    """`replay --rollouts DIR`: every rollout of the directory over the archives, read once."""
+    from pipeline.fleet import FleetError, load_dir
+    from pipeline.replay import archive
+    from pipeline.replay import fleet as fleet_replay
+    from pipeline.replay.report import render, safe_name
+
+    if args.thresholds:
+        raise UsageError("--thresholds applies to one rollout: replay it with --config (its what-ifs)")
+    try:
+        fleet = load_dir(args.rollouts)
+    except FleetError as exc:
+        raise UsageError(str(exc)) from None
+    for problem in fleet.problems:
+        say(f"rollouts: skipped {problem}")
+    if not fleet.files:
+        raise UsageError(f"--rollouts {args.rollouts}: no rollout to judge")
+    cfgs = fleet.configs
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir}: not a directory")
+    try:
+        archives = archive.open_archives(args.archives, args.batch_rows,
+                                         max(cfg.limits.max_event_bytes for cfg in cfgs))
+    except archive.ArchiveError as exc:
+        raise UsageError(str(exc)) from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        def opened(path: Path) -> IO[bytes]:
+            return stack.enter_context(open(path, "wb"))
+
+        files = {cfg.name: fleet_replay.RolloutFiles(
+            *(opened(out_dir / f"{safe_name(cfg.name)}.{kind}.jsonl")
+              for kind in ("verdicts", "dead-letters", "windows"))) for cfg in cfgs}
+        fleet_dead = opened(out_dir / "fleet.dead-letters.jsonl")
+        advance = stack.enter_context(_progress(archives.total_bytes))
+        try:
+            found = fleet_replay.replay_fleet(cfgs, archives, files, fleet_dead, on_batch=advance)
+        except archive.ArchiveError as exc:
+            say(f"{exc}; verdicts so far are in {out_dir}")
+            return 1
+    elapsed = time.monotonic() - started
+    say(f"replayed {found.events:,} events from {len(archives.files)} archive(s) for {len(cfgs)} rollouts in "
+        f"{elapsed:.1f} s ({found.events / max(elapsed, 1e-9):,.0f} events/s); "
+        f"{sum(found.unmatched.counts.values()):,} events of no rollout, {found.dead_letters} fleet dead "
+        f"letters in {out_dir / 'fleet.dead-letters.jsonl'}")
+    for cfg in cfgs:
+        outcome = found.rollouts[cfg.name]
+        decisions = Counter(str(v.decision) for v in outcome.verdicts)
+        say(f"  {cfg.name}: {outcome.events:,} events, {len(outcome.verdicts)} verdicts ("
+            + ", ".join(f"{d} {n}" for d, n in sorted(decisions.items())) + f"), last "
+            f"{outcome.verdicts[-1].decision if outcome.verdicts else 'none'}; "
+            f"{out_dir / (safe_name(cfg.name) + '.verdicts.jsonl')}")
+        if not args.no_report:
+            render(out_dir, cfg, [v.to_record() for v in outcome.verdicts], outcome.windows, None)
+    return 0
+
+
+@contextlib.contextmanager
+def _progress(total_bytes: int) -> Iterator[Callable[[Any], None]]:
+    """A progress bar on stderr (when it is a terminal); yields what advances it by a read batch."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("replaying"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[events]}"),
+                  TimeRemainingColumn(), transient=True, disable=not sys.stderr.isatty(),
+                  console=Console(stderr=True)) as progress:
+        task = progress.add_task("replay", total=total_bytes, events="")
+        seen = [0]
+
+        def advance(batch: Any) -> None:  # a replay.ArchiveBatch
+            seen[0] += len(batch.frame) + len(batch.dead)
+            progress.update(task, advance=batch.done_bytes, events=f"{seen[0]:,} events")
+
+        yield advance
