@@ -11,9 +11,11 @@ Outputs leave keyed so file sinks stay on one worker.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
@@ -331,52 +333,88 @@ class _RolloutJudge(StatefulLogic[Decoded, FleetOutput, Engine]):
     or promotion applies at the next item; a change of names, windows or
     limits starts the rollout afresh (the old judgement publishes its last
     verdicts first); a removed file closes its open windows, publishes their
-    verdicts and frees the state.
+    verdicts and frees the state.  With `journals` (recovery runs), each
+    rollout keeps its own verdict journal in `journals/<rollout>`, so windows
+    judged after the last snapshot are made again after a crash under the
+    config they were first judged under, as in a one-rollout run.
     """
 
     def __init__(self, resume: Engine | None, control: FleetControl, parts: tuple[str, ...],
-                 clock: Callable[[], float] | None, say: Callable[[str], None]) -> None:
+                 clock: Callable[[], float] | None, *, say: Callable[[str], None],
+                 journals: Path | None = None) -> None:
         self.control = control
         self.parts = parts
         self.clock = clock
         self.say = say
+        self.journals = journals
         self.inner: _JudgeLogic | None = None
         self.generation: int | None = None  # the fleet load that took the rollout this judge judges
         if resume is not None:
-            self.inner = _JudgeLogic(resume, None, clock, None)
-            resume.clock.resumed(parts)
+            self._start(resume.cfg.name, resume, resumed=True)
+
+    def _journal(self, name: str, fresh: bool) -> VerdictJournal | None:
+        """The rollout's journal (emptied when its judgement starts afresh), None without recovery."""
+        if self.journals is None:
+            return None
+        directory = self.journals / _file_name(name)
+        if fresh:
+            shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        return VerdictJournal(directory)
+
+    def _start(self, name: str, engine: Engine, *, resumed: bool = False, fresh: bool = False) -> None:
+        """Judge with `engine`; a resumed one (or a first one, after a crash before any snapshot) makes
+        the windows its journal says were emitted after it again, under their own config."""
+        journal = self._journal(name, fresh)
+        if journal is not None and not fresh:
+            emitted = journal.emitted_after(engine.closed_through(), engine.cfg.windows.size_s)
+            cfg = self.control.config(name)
+            if emitted or resumed:
+                adopt = cfg if cfg is not None and not fixed_changes(engine.cfg, cfg) else engine.cfg
+                notes = engine.reconfigure(adopt, self.parts, emitted)
+                if notes:
+                    self.say(f"rollouts: {name}: resumed: {'; '.join(notes)}")
+        elif resumed:
+            engine.clock.resumed(self.parts)
+        self.inner = _JudgeLogic(engine, None, self.clock, None, journal)
+
+    def _retire(self, name: str) -> list[FleetOutput]:
+        """The rollout is gone: close its open windows (their verdicts go out) and drop its journal."""
+        assert self.inner is not None
+        out: list[FleetOutput] = [*self.inner.engine.close(), Retired(name)]
+        if self.inner.journal is not None:
+            self.inner.journal.close()
+            shutil.rmtree(self.inner.journal.path.parent, ignore_errors=True)
+        self.inner = None
+        return out
 
     def _engine_for(self, name: str) -> tuple[list[FleetOutput], bool]:
         """Bring the judge in line with the rollout's file; (outputs, whether the rollout is gone)."""
         cfg = self.control.config(name)
         generation = self.control.generation(name)
-        inner = self.inner
         if cfg is None:
-            if inner is None:
-                return [], True
-            self.inner = None
-            return [*inner.engine.close(), Retired(name)], True
-        if inner is not None and self.generation is None:
+            return (self._retire(name) if self.inner is not None else []), True
+        if self.inner is not None and self.generation is None:
             self.generation = generation  # resumed from a snapshot: the rollout as loaded now
-        if inner is not None and generation != self.generation:
+        if self.inner is not None and generation != self.generation:
             # removed and added again since this judge last ran (a file run has no tick to see
             # the removal): the old rollout ends, the new one starts afresh
-            out: list[FleetOutput] = [*inner.engine.close(), Retired(name)]
-            self.inner = _JudgeLogic(Engine(cfg, self.parts), None, self.clock, None)
+            out = self._retire(name)
+            self._start(name, Engine(cfg, self.parts), fresh=True)
             self.generation = generation
             return out, False
-        if inner is None:
-            self.inner = _JudgeLogic(Engine(cfg, self.parts), None, self.clock, None)
+        if self.inner is None:
+            self._start(name, Engine(cfg, self.parts))
             self.generation = generation
             return [], False
-        engine = inner.engine
+        engine = self.inner.engine
         if cfg == engine.cfg:
             return [], False
         fixed = fixed_changes(engine.cfg, cfg)
         if fixed:
             self.say(f"rollouts: {name}: {', '.join(fixed)} changed: judged afresh from its next event")
-            out = [*engine.close()]
-            self.inner = _JudgeLogic(Engine(cfg, self.parts), None, self.clock, None)
+            out = [*self.inner._journaled(engine.close())]
+            self._start(name, Engine(cfg, self.parts), fresh=True)
             return out, False
         notes = engine.adopt(cfg)
         if notes:
@@ -431,7 +469,8 @@ def _pass(state: None, item: FleetOutput) -> tuple[None, list[FleetOutput]]:
 
 def build_fleet_flow(control: FleetControl, source: Source[Chunk], sinks: Sinks, *,
                      partitions: Iterable[str] = ("0",), clock: Callable[[], float] | None = None,
-                     workers: int = 1, say: Callable[[str], None] = lambda _: None) -> Dataflow:
+                     workers: int = 1, say: Callable[[str], None] = lambda _: None,
+                     journals: Path | None = None) -> Dataflow:
     """The fleet dataflow: every rollout of `control`'s directory judged from one source.
 
     Decoding workers route each chunk (`feed.route_chunk`); each rollout's
@@ -439,7 +478,8 @@ def build_fleet_flow(control: FleetControl, source: Source[Chunk], sinks: Sinks,
     different workers, each with its own Engine (clock, windows, verdicts) and
     its own recovery snapshot.  Verdicts and dead letters leave through the
     sinks; everything, fleet notes included, reaches process 0 (worker 0,
-    `judge_key`), where metrics, `/verdicts` and the board live.
+    `judge_key`), where metrics, `/verdicts` and the board live.  `journals`:
+    the directory of the rollouts' verdict journals (recovery runs).
     """
     parts = tuple(partitions)
     publish = judge_key(workers)
@@ -448,7 +488,8 @@ def build_fleet_flow(control: FleetControl, source: Source[Chunk], sinks: Sinks,
     routed = op.flat_map("route", chunks, _router(control))
     kinds = op.branch("kind", routed, lambda kv: kv[0].startswith(_ROLLOUT_KEY_PREFIX))
     judged = op.stateful("judge", kinds.trues,
-                         lambda resume: _RolloutJudge(resume, control, parts, clock, say))
+                         lambda resume: _RolloutJudge(resume, control, parts, clock, say=say,
+                                                      journals=journals))
     outputs = op.merge("outputs", judged, kinds.falses)
     for i, sink in enumerate(sinks.verdicts):
         op.output(f"verdicts_{i}", op.filter(f"reports_{i}", outputs, lambda kv: type(kv[1]) is Report), sink)
@@ -467,3 +508,8 @@ def build_fleet_flow(control: FleetControl, source: Source[Chunk], sinks: Sinks,
         for i, sink in enumerate(sinks.notes):
             op.output(f"notes_{i}", said, sink)
     return flow
+
+
+def _file_name(rollout: str) -> str:
+    """A rollout name as one path component (names may hold '/')."""
+    return rollout.replace("/", "_").replace("\\", "_") or "_"

@@ -289,3 +289,40 @@ def test_replay_of_a_directory_gives_each_rollout_its_stream_timeline(tmp_path: 
     assert len(replayed_dead) > 10
     assert sorted((d["reason"], d["source"]) for d in letters(tmp_path / "stream.dl.jsonl")) == sorted(
         (d["reason"], d["source"]) for d in replayed_dead)
+
+
+def test_verdicts_made_again_after_a_crash_keep_the_config_they_were_first_made_under(tmp_path: Path) -> None:
+    """Each rollout's verdict journal: after kill -9, the windows emitted after the last snapshot are
+    judged again under the config they were first judged under, though chat's file changed meanwhile."""
+    names = list(FLEET)
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join(x for group in itertools.zip_longest(*(_own(n) for n in names))
+                                  for x in group if x is not None) + b"\n")
+    rollouts = _directory(tmp_path, names)
+    args = ["run", "--rollouts", str(rollouts), "--source", str(source),
+            "--verdicts", str(tmp_path / "v.jsonl"), "--dead-letters", str(tmp_path / "dl.jsonl"),
+            "--batch-size", "300",
+            "--recovery-dir", str(tmp_path / "rec"), "--snapshot-interval", "30"]
+    killed = _cli(*args, env={"CANARY_GATE_FAILPOINT": "window_close:20"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    before = _verdicts(tmp_path / "v.jsonl")
+    chat = rollouts / "chat.toml"
+    chat.write_text(chat.read_text().replace('stage = "50%"', 'stage = "25%"'))
+    resumed = _cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    after = _verdicts(tmp_path / "v.jsonl")
+    assert set(after) == set(names)
+    for name in names:
+        first = {v["window_end"]: v for v in before.get(name, [])}
+        for record in after[name]:
+            if record["window_end"] in first:  # made again: the same record, under the first config
+                assert record == first[record["window_end"]], name
+        assert len({v["window_end"] for v in after[name]}) == 12
+    # chat: every window judged before the crash (those in the file, and any journaled whose verdict the
+    # kill cut off) at 50 %, then the new stage from the first window not judged before
+    emitted = {v["window_end"] for v in before["chat"]}
+    stages = [v["stage"] for v in sorted({v["window_end"]: v for v in after["chat"]}.values(),
+                                          key=lambda v: v["window_end"])]
+    switch = stages.index("25%")
+    assert emitted and set(stages[:switch]) == {"50%"} and set(stages[switch:]) == {"25%"}
+    assert max(emitted) < sorted({v["window_end"] for v in after["chat"]})[switch]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.cli.cluster import start_followers, stop_followers
@@ -29,6 +30,8 @@ from pipeline.cli.signals import HUP_EARLY
 from pipeline.fleet import FleetError
 from pipeline.io.lifecycle import STOP
 from pipeline.io.rollouts import FleetControl
+
+JOURNALS = "journals"  # in --recovery-dir: one verdict journal per rollout (flow._RolloutJudge)
 
 if TYPE_CHECKING:
     from pipeline.io.health import SourceHealth
@@ -78,8 +81,9 @@ def run_fleet(control: FleetControl, source: str, opts: RunOptions) -> int:
     board_sink = add_observers(plan.sinks, opts, lambda: _serve_metrics(control, opts, health, notes))
     plan.sinks.notes.extend(notes)
     _install_reload(control)
+    journals = Path(opts.recovery_dir) / JOURNALS if opts.recovery_dir else None
     flow = build_fleet_flow(control, plan.source, plan.sinks, partitions=plan.partitions, clock=plan.clock,
-                            workers=opts.total_workers, say=say)
+                            workers=opts.total_workers, say=say, journals=journals)
     return run_flow(flow, plan, opts, board_sink)
 
 
