@@ -19,6 +19,8 @@ from conftest import ROOT
          r"b/a \d+\.\d+\s+c/b \d+\.\d+"),
         ("replay.py", ["--events", "20000", "--rounds", "1", "--core-events", "5000"],
          r"b/a \d+\.\d+\s+b/c \d+\.\d+"),
+        ("fleet.py", ["--rollouts", "3", "--events", "6000", "--rounds", "1", "--batch", "1000",
+                      "--fleet-batch", "2000"], r"at equal batches: core \d+\.\d+"),
         ("judgement.py", ["--seeds", "1", "--detect-seeds", "1", "--rate", "1"],
          r"false hard stops \d+/24 .*\n(.*\n)*.*warm p95 x2, sigma 0.8 +at 10%"),
     ],

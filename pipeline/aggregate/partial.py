@@ -127,8 +127,14 @@ _NARROW = tuple(dict.fromkeys((*LABEL_FIELDS, *POPULATION_FIELDS,
                                *(f for f in SIGNATURE if f != "population"), "row")))
 _PROBE_COLUMNS = tuple(dict.fromkeys(
     c for f in PROBE_FAMILIES for c in (*f.fields, *((f.when.field,) if f.when is not None else ()))))
+_REQUEST_NAMES = tuple(f.name for f in REQUEST_FAMILIES)
 _FEW_WINDOWS = 64  # up to this many windows in a batch, rows are split by comparison, not sorting
 _NO_SKETCHES = PackedSketches.from_values(np.zeros(0, dtype=np.int64), np.zeros(0), 0)
+
+
+def _counter() -> Counter[Any]:
+    """An empty Counter, without `Counter.__init__`'s argument handling (a summary makes thousands)."""
+    return Counter.__new__(Counter)
 
 
 def summarize_frame(events: pl.DataFrame, size: float, variants: tuple[str, ...]) -> Partial:
@@ -159,7 +165,8 @@ def summarize_runs(events: pl.DataFrame, runs: Sequence[tuple[int, int]], size: 
     configured: list[tuple[str, ...]] = (
         [variants] * len(runs) if variants and isinstance(variants[0], str)  # type: ignore[list-item]
         else list(variants))  # type: ignore[arg-type]
-    if len(runs) == 1 and runs[0] == (0, len(events)):
+    if runs[0][0] == 0 and runs[-1][1] == len(events) and all(
+            a[1] == b[0] for a, b in pairwise(runs)):  # the runs tile the frame: nothing to pick
         picked = events
     else:
         picked = events[np.concatenate([np.arange(start, stop) for start, stop in runs]).tolist()]
@@ -189,7 +196,7 @@ def summarize_runs(events: pl.DataFrame, runs: Sequence[tuple[int, int]], size: 
     for lo, hi in pairwise(cut):
         wid = int(group_wids[lo])
         rows = all_rows[lo:hi]
-        window = counters[wid] = {f.name: Counter() for f in REQUEST_FAMILIES}
+        window = counters[wid] = {name: _counter() for name in _REQUEST_NAMES}
         count_requests(window, rows, None)  # as WindowStats.add_many, with raw labels
         mine = firsts[wid // span]
         for row, first in zip(rows, all_firsts[lo:hi], strict=True):
@@ -204,7 +211,7 @@ def summarize_runs(events: pl.DataFrame, runs: Sequence[tuple[int, int]], size: 
             window = counters[wid] = {}
         found = window.get(name)
         if found is None:
-            found = window[name] = Counter()
+            found = window[name] = _counter()
         return found
 
     masks = picked.select(user=USER, probe=PROBE)

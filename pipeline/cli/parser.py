@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from pipeline import scenarios
 from pipeline.cli.common import PROG, UsageError
-from pipeline.io.chunk import BATCH_SIZE
+from pipeline.io.chunk import BATCH_SIZE, FLEET_BATCH_SIZE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,8 +75,9 @@ def _add_run(run: argparse.ArgumentParser) -> None:
                      help="join a cluster across machines: every process's address, in process order "
                      "(run the same command on each machine with its --process-id)")
     run.add_argument("--process-id", type=int, help="this process's index in --addresses")
-    run.add_argument("--batch-size", type=int, default=BATCH_SIZE,
-                     help="messages per micro-batch, at most (a read takes what has arrived)")
+    run.add_argument("--batch-size", type=int,
+                     help=f"messages per micro-batch, at most (a read takes what has arrived; default "
+                     f"{BATCH_SIZE}, with --rollouts {FLEET_BATCH_SIZE})")
     run.add_argument("--board", choices=("auto", "on", "off"), default="auto",
                      help="live terminal board (auto: when stdout is a terminal)")
     run.add_argument("--recovery-dir", metavar="DIR",

@@ -21,7 +21,7 @@ from pipeline.cli.cluster import cluster_of, start_followers, stop_followers
 from pipeline.cli.common import UsageError, is_kafka, say, writable
 from pipeline.cli.signals import install_reload, restore, signal_followers, stop_handlers_during_run
 from pipeline.io import recovery as recovery_mod
-from pipeline.io.chunk import BATCH_SIZE
+from pipeline.io.chunk import BATCH_SIZE, FLEET_BATCH_SIZE
 from pipeline.io.lifecycle import STOP, failpoint_error, failure, last_snapshot
 from pipeline.model import format_time
 
@@ -102,7 +102,7 @@ def options_of(args: argparse.Namespace, name: str) -> RunOptions:
     _check_total(len(addresses or [None]) * args.workers)
     return RunOptions(
         verdicts=verdicts, dead=dead, metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
-        workers=args.workers, batch_size=args.batch_size,
+        workers=args.workers, batch_size=_batch_size(args),
         board_on=args.board == "on" or (args.board == "auto" and interactive and verdicts != "-"),
         config_path=args.config, until_end=args.until_end, starting_offset=args.starting_offset,
         kafka_config=args.kafka_config, addresses=addresses, process_id=process_id,
@@ -131,10 +131,17 @@ def _check_source(source: str) -> None:
                 raise UsageError(f"--source {source}: not a gzip file")
 
 
+def _batch_size(args: argparse.Namespace) -> int:
+    """--batch-size, else the default of a one-rollout or a fleet run (io/chunk.py)."""
+    if args.batch_size is not None:
+        return int(args.batch_size)
+    return FLEET_BATCH_SIZE if getattr(args, "rollouts", None) else BATCH_SIZE
+
+
 def _check_sizes(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0 <= args.metrics_port <= 65535:
         raise UsageError(f"--metrics-port must be 0..65535, got {args.metrics_port}")

@@ -15,6 +15,10 @@ import numpy.typing as npt
 # machine the pure core runs ~185k ev/s at 5,000 and ~410k at 20,000 (bench/throughput.py --batch).
 # A Kafka poll takes what has arrived, so a large cap adds no wait at low rates.
 BATCH_SIZE = 20_000
+# A fleet run (run --rollouts) summarises each batch per rollout and window, a cost per rollout that
+# larger batches spread: with 50 rollouts, 50,000-message batches run ~0.9 of one rollout's rate over
+# the same events and batch size, 20,000-message ones ~0.66 (bench/fleet.py).
+FLEET_BATCH_SIZE = 50_000
 
 
 @dataclass(frozen=True, slots=True)
