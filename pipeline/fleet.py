@@ -186,13 +186,35 @@ class Progress:
 
 @dataclass(frozen=True)
 class RolloutFile:
-    """One loaded rollout file: its config, a digest of its text (a change reloads it) and its
-    generation (which load first took the rollout: one removed and added again is a new rollout)."""
+    """One loaded rollout definition: where it came from (a file's path, or a topic and key), its
+    config, a digest of its text (a change reloads it) and its generation (which load first took the
+    rollout: one removed and added again is a new rollout).  `label` names it in messages."""
 
     path: str
     cfg: Config
     digest: str
     generation: int = 0
+    label: str = ""
+
+    @property
+    def shown(self) -> str:
+        """How messages name where the rollout is defined: the file name, or the topic key."""
+        return self.label or Path(self.path).name
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One rollout definition as read, before it is validated: a file, or a message of a topic.
+
+    `text` is None when it could not be read (`problem` says why); `key` is the
+    rollout name a topic's message key demands (None for files).
+    """
+
+    where: str
+    label: str
+    text: str | None
+    problem: ConfigError | None = None
+    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,50 +238,65 @@ class FleetError(ValueError):
 
 
 def load_dir(path: str | Path, previous: Fleet | None = None, generation: int = 0) -> Fleet:
-    """Every `*.toml` of a directory as a rollout (file name order); bad files refused, one line each.
-
-    A file is refused when it is not a valid config, has no `[match]`, names a
-    rollout another file already named, or would take the fleet past its
-    `limits.max_rollouts` (the smallest any loaded file sets).  With the
-    `previous` fleet (a reload): its rollouts are taken first, so a new file
-    past the bound never displaces a running rollout; a running rollout whose
-    file has turned bad goes on under its last good config (reported); and a
-    rollout new to the fleet gets `generation`, the others keep theirs.
-    """
+    """Every `*.toml` of a directory as a rollout (file name order): `load_entries` of its files."""
     root = Path(path)
     if not root.is_dir():
         raise FleetError(f"--rollouts {path}: not a directory")
+    entries = []
+    for file in sorted(root.glob("*.toml")):
+        try:
+            entries.append(Entry(str(file), file.name, config_mod.read_text(file)))
+        except ConfigError as exc:
+            entries.append(Entry(str(file), file.name, None, exc))
+    return load_entries(entries, previous, generation)
+
+
+def load_entries(entries: Iterable[Entry], previous: Fleet | None = None, generation: int = 0) -> Fleet:
+    """Rollout definitions as a fleet, in order; bad ones refused, one line each.
+
+    A definition is refused when it is not a valid config, has no `[match]`,
+    names a rollout another one already named (or not its topic key), or would
+    take the fleet past its `limits.max_rollouts` (the smallest any loaded one
+    sets).  With the `previous` fleet (a reload): its rollouts are taken first,
+    so a new one past the bound never displaces a running rollout; a running
+    rollout whose definition has turned bad goes on under its last good config
+    (reported); and a rollout new to the fleet gets `generation`, the others
+    keep theirs.
+    """
     before = {} if previous is None else {f.path: f for f in previous.files.values()}
     loaded: list[RolloutFile] = []
     problems: list[str] = []
-    for file in sorted(root.glob("*.toml")):
+    for entry in entries:
         try:
-            text = config_mod.read_text(file)
-            cfg = config_mod.parse(text)
+            if entry.text is None:
+                raise entry.problem or ConfigError(entry.label, "cannot be read")
+            cfg = config_mod.parse(entry.text)
             if not cfg.match.given:
                 raise ConfigError("match", "a fleet rollout needs [match] with x_exp, route_prefix or "
                                   "variants (which events are its own)")
+            if entry.key is not None and cfg.name != entry.key:
+                raise ConfigError("rollout.name", f"{cfg.name!r} is not the message key {entry.key!r}")
         except ConfigError as exc:
-            last = before.get(str(file))
+            last = before.get(entry.where)
             if last is None:
-                problems.append(f"{file.name}: {exc}")
+                problems.append(f"{entry.label}: {exc}")
             else:
-                problems.append(f"{file.name}: {exc}; rollout {last.cfg.name} goes on under its last good "
+                problems.append(f"{entry.label}: {exc}; rollout {last.cfg.name} goes on under its last good "
                                 "config")
                 loaded.append(last)
             continue
-        loaded.append(RolloutFile(str(file), cfg, hashlib.sha256(text.encode()).hexdigest(), generation))
+        digest = hashlib.sha256(entry.text.encode()).hexdigest()
+        loaded.append(RolloutFile(entry.where, cfg, digest, generation, entry.label))
     running = {} if previous is None else previous.files
-    loaded.sort(key=lambda f: (f.cfg.name not in running, Path(f.path).name))
+    order = {f.path: i for i, f in enumerate(loaded)}
+    loaded.sort(key=lambda f: (f.cfg.name not in running, order[f.path]))
     files: dict[str, RolloutFile] = {}
     bound = min((f.cfg.limits.max_rollouts for f in loaded), default=0)
     for f in loaded:
-        name = Path(f.path).name
         if f.cfg.name in files:
-            problems.append(f"{name}: rollout.name: {f.cfg.name!r} is already "
-                            f"{Path(files[f.cfg.name].path).name}'s")
+            problems.append(f"{f.shown}: rollout.name: {f.cfg.name!r} is already {files[f.cfg.name].shown}'s")
         elif len(files) >= bound:
-            problems.append(f"{name}: limits.max_rollouts: the fleet already judges {bound} rollouts")
+            problems.append(f"{f.shown}: limits.max_rollouts: the fleet already judges {bound} rollouts")
         else:
             was = running.get(f.cfg.name)
             files[f.cfg.name] = f if was is None else dataclasses.replace(f, generation=was.generation)
@@ -282,7 +319,7 @@ __all__ = [
     "Unmatched",
     "UnmatchedCounts",
     "ambiguity",
-    "load_dir",
+    "load_dir", "load_entries",
     "match_column",
     "matches",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from conftest import BASE_TS, make_config, make_event
 from rich.console import Console
 
@@ -32,3 +34,20 @@ def test_board_waits_then_shows_failing_gates_with_observed_and_threshold() -> N
     assert "canary/control p95 tfinal" in text
     assert "dead letters: invalid_json 1" in text
     assert "schema_violations" not in text  # passing rows are only counted
+
+
+def test_a_fleet_board_lists_every_rollouts_latest_decision_and_the_summary_names_them() -> None:
+    board = Board()
+    for name, slow in (("search", 1.0), ("chat", 3.0)):
+        engine = Engine(dataclasses.replace(make_config(), name=name))
+        events = [make_event(ts=BASE_TS + i % 60, variant=v, region="us-east",
+                             tfinal=1000.0 * (slow if v == "canary-v2" else 1.0))
+                  for i in range(120) for v in ("control", "canary-v2")]
+        for out in engine.feed(events) + engine.close():
+            board.observe(out)
+    assert set(board.latest) == {"search", "chat"}
+    assert board.decisions() == f"chat stop, search {board.latest['search'].decision}"
+    text = _render(board)
+    first = text.splitlines()[0]
+    assert "chat" in first and "search" in first and " stop " in first
+    assert board.events == 2 * 240  # summed over the rollouts

@@ -121,6 +121,13 @@ def test_three_rollouts_interleaved_in_one_topic_judge_as_three_single_runs(kafk
         assert len(single) >= 10
         assert fleet[name] == single, name
         assert fleet[name][-1]["decision"] == decision
+    # two processes: the rollouts' judges spread over the workers, the same verdicts
+    res = _cli("run", "--rollouts", str(tmp_path / "rollouts"), "--source", f"kafka://{kafka_bootstrap}/{topic}",
+               "--until-end", "--verdicts", str(tmp_path / "two.jsonl"), "--dead-letters",
+               str(tmp_path / "two.dl.jsonl"), "--batch-size", "3000", "--processes", "2")
+    assert res.returncode == 0, res.stderr
+    assert _verdicts(tmp_path / "two.jsonl") == fleet
+    assert "latest per rollout: chat stop, docs insufficient_data, search promote" in res.stderr
     # what matched no rollout was counted, not dead-lettered; the broken messages went to their rollout
     dead = [json.loads(x) for x in (tmp_path / "fleet.dl.jsonl").read_text().splitlines()]
     assert dead and {d["variant"] for d in dead} == {"canary-v2"}
@@ -326,3 +333,49 @@ def test_verdicts_made_again_after_a_crash_keep_the_config_they_were_first_made_
     switch = stages.index("25%")
     assert emitted and set(stages[:switch]) == {"50%"} and set(stages[switch:]) == {"25%"}
     assert max(emitted) < sorted({v["window_end"] for v in after["chat"]})[switch]
+
+
+def test_rollouts_registered_on_a_compacted_topic_are_judged_and_a_tombstone_removes_one(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    registry = f"rollouts-{uuid.uuid4().hex[:8]}"
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+
+    def register(name: str, value: bytes | None) -> None:
+        producer.produce(registry, key=name.encode(), value=value)
+        assert producer.flush(30) == 0
+
+    # the run creates the topic (compacted) if missing; one rollout registered before it starts
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.create_topics([NewTopic(registry, 1, 1, config={"cleanup.policy": "compact"})])[registry].result(30)
+    register("search", _config("search").encode())
+    topic = _topic(kafka_bootstrap)
+    out = tmp_path / "fleet.jsonl"
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--rollouts", f"kafka://{kafka_bootstrap}/{registry}",
+         "--source", f"kafka://{kafka_bootstrap}/{topic}", "--verdicts", str(out),
+         "--dead-letters", str(tmp_path / "fleet.dl.jsonl"), "--metrics-port", str(port),
+         "--metrics-addr", "127.0.0.1", "--batch-size", "2000"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        search = _own("search", minutes=20)
+        _produce(kafka_bootstrap, topic, search[: len(search) // 2])
+        _wait(lambda: "search" in _verdicts(out) if out.exists() else False, what="search's verdicts")
+        register("docs", _config("docs").encode())
+        register("chat", b"[rollout\n")  # not TOML: reported, skipped
+        _wait(lambda: "canary_gate_fleet_rollouts 2.0" in _metrics(port)
+              and "canary_gate_fleet_files_refused 1.0" in _metrics(port),
+              what="docs registered, chat refused")
+        docs = _own("docs", minutes=12, start_minute=5)
+        _produce(kafka_bootstrap, topic, [x for pair in itertools.zip_longest(search[len(search) // 2:], docs)
+                                          for x in pair if x is not None])
+        _wait(lambda: len(_verdicts(out).get("docs", [])) >= 6, what="docs' verdicts")
+        register("search", None)  # a tombstone
+        _wait(lambda: 'rollout="search"' not in _metrics(port), what="search removed")
+        assert _get(port, "/verdicts/docs")["rollout"] == "docs"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "rollouts: skipped key 'chat': toml: not valid TOML" in err
+    assert "rollouts: + docs (key 'docs')" in err and "rollouts: - search" in err

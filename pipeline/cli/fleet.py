@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.cli.cluster import start_followers, stop_followers
-from pipeline.cli.common import UsageError, say
+from pipeline.cli.common import UsageError, is_kafka, say
 from pipeline.cli.run import (
     FLEET_NAME,
     RunOptions,
@@ -29,7 +29,7 @@ from pipeline.cli.run import (
 from pipeline.cli.signals import HUP_EARLY
 from pipeline.fleet import FleetError
 from pipeline.io.lifecycle import STOP
-from pipeline.io.rollouts import FleetControl
+from pipeline.io.rollouts import DirectoryReader, FleetControl, Reader
 
 JOURNALS = "journals"  # in --recovery-dir: one verdict journal per rollout (flow._RolloutJudge)
 
@@ -41,12 +41,14 @@ if TYPE_CHECKING:
 def cmd_run_fleet(args: argparse.Namespace) -> int:
     """Judge every rollout of --rollouts DIR from one source."""
     try:
-        control = FleetControl(args.rollouts, say)
+        control = FleetControl(open_rollouts(args.rollouts, args.kafka_config), say)
     except FleetError as exc:
         raise UsageError(str(exc)) from None
     if not control.fleet.files:
         say(f"warning: --rollouts {args.rollouts}: no rollout loaded yet; rollouts added to it are judged "
             "from their first event")
+    if is_kafka(args.rollouts) and args.processes > 1:
+        say("note: each process follows the rollouts topic itself")
     opts = options_of(args, FLEET_NAME)
     held = prepare_recovery(None, args.source, opts, args.rollouts)
     try:
@@ -64,6 +66,19 @@ def cmd_run_fleet(args: argparse.Namespace) -> int:
     finally:
         if held is not None:
             held.release()
+
+
+def open_rollouts(where: str, kafka_config: str | None, *, follow: bool = True) -> Reader:
+    """--rollouts: a directory, or kafka://HOST:PORT/TOPIC (a compacted topic of rollout configs)."""
+    if not is_kafka(where):
+        return DirectoryReader(Path(where))
+    from pipeline.io import kafka
+
+    try:
+        extra = kafka.load_client_config(kafka_config)
+        return kafka.RolloutTopic(kafka.parse_url(where), extra, follow=follow)
+    except kafka.KafkaSetupError as exc:
+        raise UsageError(f"--rollouts {exc}") from None
 
 
 def run_fleet(control: FleetControl, source: str, opts: RunOptions) -> int:

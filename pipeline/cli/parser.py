@@ -46,9 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_run(run: argparse.ArgumentParser) -> None:
     judged = run.add_mutually_exclusive_group(required=True)
     judged.add_argument("--config", help="rollout config (TOML): one rollout, judged from every event")
-    judged.add_argument("--rollouts", metavar="DIR",
+    judged.add_argument("--rollouts", metavar="DIR|kafka://HOST:PORT/TOPIC",
                         help="fleet mode: judge every rollout of DIR (one *.toml each, its [match] "
-                        "saying which events are its own); files added, changed or removed apply at "
+                        "saying which events are its own), or of a compacted topic of rollout configs "
+                        "(key: rollout name, value: the TOML; a tombstone removes); changes apply at "
                         "the next batch and on SIGHUP (docs/fleet.md)")
     run.add_argument("--source", required=True,
                      help="telemetry: a .jsonl or .jsonl.gz file, '-' for stdin, or kafka://HOST:PORT/TOPIC")
@@ -119,9 +120,10 @@ def _add_generate(gen: argparse.ArgumentParser) -> None:
 def _add_replay(replay: argparse.ArgumentParser) -> None:
     judged = replay.add_mutually_exclusive_group(required=True)
     judged.add_argument("--config", help="rollout config (TOML) to judge the archives under")
-    judged.add_argument("--rollouts", metavar="DIR",
-                        help="fleet mode: judge every rollout of DIR (one *.toml each with its [match]) over "
-                        "the archives, read once; one timeline and report per rollout (docs/fleet.md)")
+    judged.add_argument("--rollouts", metavar="DIR|kafka://HOST:PORT/TOPIC",
+                        help="fleet mode: judge every rollout of DIR (one *.toml each with its [match]), "
+                        "or of a compacted topic of rollout configs, over the archives, read once; one "
+                        "timeline and report per rollout (docs/fleet.md)")
     replay.add_argument("archives", nargs="+", metavar="ARCHIVE",
                         help=".jsonl, .jsonl.gz or .parquet files, folders of them or globs, read in "
                         "the order given (a folder's or glob's files by name)")

@@ -81,7 +81,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def replay_fleet(args: argparse.Namespace) -> int:
     """`replay --rollouts DIR`: every rollout of the directory over the archives, read once."""
-    from pipeline.fleet import FleetError, load_dir
+    from pipeline.cli.fleet import open_rollouts
+    from pipeline.fleet import FleetError
     from pipeline.replay import archive
     from pipeline.replay import fleet as fleet_replay
     from pipeline.replay.report import render, safe_name
@@ -89,7 +90,7 @@ def replay_fleet(args: argparse.Namespace) -> int:
     if args.thresholds:
         raise UsageError("--thresholds applies to one rollout: replay it with --config (its what-ifs)")
     try:
-        fleet = load_dir(args.rollouts)
+        fleet = open_rollouts(args.rollouts, None, follow=False).load(None, 0)
     except FleetError as exc:
         raise UsageError(str(exc)) from None
     for problem in fleet.problems:

@@ -193,7 +193,8 @@ def prepare_recovery(cfg: config_mod.Config | None, source: str, opts: RunOption
     try:
         held = recovery_mod.prepare(Path(opts.recovery_dir), cfg, {
             "rollout": cfg.name if cfg is not None else None, "workers": opts.total_workers, "source": source,
-            **({"rollouts": str(Path(rollouts).resolve())} if rollouts else {}),
+            **({"rollouts": rollouts if is_kafka(rollouts) else str(Path(rollouts).resolve())}
+               if rollouts else {}),
             "verdicts": opts.verdicts, "dead_letters": opts.dead}, opts.process_id)
         if opts.process_id == 0:  # followers share the directory process 0 has just checked
             for warning in recovery_mod.check(Path(opts.recovery_dir), opts.total_workers):
@@ -503,7 +504,8 @@ def _summary(tally: Board, opts: RunOptions, ended: _Ended, elapsed: float) -> s
         ("stopped: " if ended.stopped else "")
         + f"{tally.events} events in {elapsed:.1f} s ({tally.events / max(elapsed, 1e-9):,.0f}/s), "
         f"{tally.verdicts} verdicts"
-        + (f", last {last.decision} at {last.to_record()['window_end']}" if last else "")
+        + (f", last {last.decision} at {last.to_record()['window_end']}" if last and len(tally.latest) < 2
+           else f"; latest per rollout: {tally.decisions()}" if last else "")
         + f"; {dead_total} dead letters" + (f" ({dead_note}) -> {opts.dead}" if dead_total else "")
         + ("" if opts.verdicts else "; verdicts were only shown (pass --verdicts PATH to keep them)")
         + _what_was_saved(opts.recovery_dir, ended.stopped, ended.forced)

@@ -30,6 +30,9 @@ _STATUS_STYLE = {
 }
 
 
+FLEET_SHOWN = 12  # rollouts listed by name on the board and in the summary; the rest are counted
+
+
 def _num(x: float | None) -> str:
     return "—" if x is None else f"{x:.4g}"
 
@@ -42,6 +45,7 @@ class Board:
         self.verdicts = 0
         self.events = 0  # over every rollout (a fleet run judges several)
         self.events_of: dict[str, int] = {}
+        self.latest: dict[str, Verdict] = {}  # per rollout (a fleet run judges several)
         self.dead: Counter[str] = Counter()
 
     def observe(self, item: Report | DeadLetter) -> None:
@@ -52,8 +56,15 @@ class Board:
         self.verdict = item.verdict
         self.verdicts += 1
         rollout = item.verdict.rollout
+        self.latest[rollout] = item.verdict
         self.events_of[rollout] = item.totals.get("events_in", self.events_of.get(rollout, 0))
         self.events = sum(self.events_of.values())
+
+    def decisions(self) -> str:
+        """Every rollout's latest decision, by name (the first FLEET_SHOWN), for a fleet's summary."""
+        shown = [f"{name} {v.decision}" for name, v in sorted(self.latest.items())[:FLEET_SHOWN]]
+        more = len(self.latest) - FLEET_SHOWN
+        return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
     def render(self) -> Group:
         """The board as rich renderables."""
@@ -65,6 +76,13 @@ class Board:
             (f" {v.decision.upper()} ", _DECISION_STYLE[v.decision]),
             f"  {v.rollout}  stage {v.stage}  window end {v.to_record()['window_end']}",
         )
+        if len(self.latest) > 1:  # a fleet: every rollout's latest decision, then the last one in full
+            more = len(self.latest) - FLEET_SHOWN
+            fleet = Text.assemble(*(part for name, got in sorted(self.latest.items())[:FLEET_SHOWN]
+                                    for part in ((f" {got.decision} ", _DECISION_STYLE[got.decision]),
+                                                 f" {name}  ")),
+                                  f"(+{more} more)" if more > 0 else "")
+            head = Text.assemble(fleet, "\n", head)
         table = Table(expand=False, show_lines=False)
         for col in ("gate", "region", "status", "observed", "threshold", "stop", "canary n",
                     "control n"):

@@ -21,6 +21,7 @@ import re
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,7 +42,9 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from pipeline.config import ConfigError
 from pipeline.engine import Report
+from pipeline.fleet import Entry, Fleet, FleetError, load_entries
 from pipeline.io.chunk import BATCH_SIZE, Chunk
 from pipeline.io.lifecycle import STOP, fail, failpoint
 from pipeline.model import DeadLetter
@@ -621,3 +624,87 @@ def produce(url: KafkaUrl, extra: dict[str, str], lines: Iterable[bytes], *, rat
     if on_batch is not None:
         on_batch(n)
     return n
+
+
+ROLLOUTS_TOPIC_CONFIG = {"cleanup.policy": "compact"}  # a topic of rollout configs keeps each key's last
+
+
+class RolloutTopic:
+    """Rollout configs on a compacted topic (`run --rollouts kafka://HOST:PORT/TOPIC`): a fleet.Reader.
+
+    Key: the rollout's name; value: its config as TOML text (the file's
+    format, `[match]` included); a tombstone (null value) removes it.  The
+    topic is read to its end at start-up, so the first batch is routed with
+    every rollout registered before the run, then followed from a thread:
+    a rollout controller registers a canary by producing one message.
+    """
+
+    def __init__(self, url: KafkaUrl, extra: dict[str, str], *, follow: bool = True,
+                 timeout: float = 30.0) -> None:
+        self.url = url
+        self.lock = threading.Lock()
+        self.values: dict[str, bytes] = {}
+        self.version = 0
+        self.unkeyed = 0  # messages without a key: no rollout to name, ignored
+        try:
+            ensure_topic(url, extra, config=ROLLOUTS_TOPIC_CONFIG)
+            parts = partitions(url, extra, timeout)
+        except KafkaSetupError as exc:
+            raise FleetError(f"--rollouts {url}: {exc}") from None
+        self.consumer = Consumer({**client_config(url, extra), "enable.auto.commit": "false",
+                                  "group.id": f"canary-gate-rollouts-{uuid.uuid4()}"})
+        self.consumer.assign([TopicPartition(url.topic, p, OFFSET_BEGINNING) for p in parts])
+        ends = {p: self.consumer.get_watermark_offsets(TopicPartition(url.topic, p), timeout=timeout)
+                for p in parts}
+        wanted = {p: high for p, (low, high) in ends.items() if high > low}
+        deadline = time.monotonic() + timeout
+        while wanted:
+            if time.monotonic() > deadline:
+                raise FleetError(f"--rollouts {url}: could not read the topic to its end in {timeout:g} s")
+            msg = self.consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                continue
+            self._apply(msg)
+            part, offset = msg.partition(), msg.offset()
+            if part is not None and offset is not None and offset + 1 >= wanted.get(part, 0):
+                wanted.pop(part, None)
+        if follow:
+            threading.Thread(target=self._follow, name="canary-gate-rollouts", daemon=True).start()
+        else:
+            self.consumer.close()
+
+    def _apply(self, msg: Any) -> None:
+        key = msg.key()
+        with self.lock:
+            if key is None:
+                self.unkeyed += 1
+                return
+            name = key.decode("utf-8", errors="replace")
+            if msg.value() is None:
+                self.values.pop(name, None)
+            else:
+                self.values[name] = msg.value()
+            self.version += 1
+
+    def _follow(self) -> None:
+        while True:
+            msg = self.consumer.poll(1.0)
+            if msg is not None and msg.error() is None:
+                self._apply(msg)
+
+    def stamp(self) -> int:
+        return self.version
+
+    def load(self, previous: Fleet | None, generation: int) -> Fleet:
+        """The registered rollouts as a fleet (fleet.load_entries), in key order."""
+        with self.lock:
+            values = sorted(self.values.items())
+        entries = []
+        for name, value in values:
+            label = f"key {name!r}"
+            try:
+                entries.append(Entry(f"{self.url}#{name}", label, value.decode("utf-8"), key=name))
+            except UnicodeDecodeError as exc:
+                problem = ConfigError(label, f"not UTF-8 text: byte 0x{value[exc.start]:02x}")
+                entries.append(Entry(f"{self.url}#{name}", label, None, problem, key=name))
+        return load_entries(entries, previous, generation)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pipeline.config import Config
 from pipeline.fleet import Fleet, FleetError, Router, load_dir
@@ -22,22 +24,52 @@ from pipeline.fleet import Fleet, FleetError, Router, load_dir
 SCAN_S = 1.0  # how often the directory is looked at for changes, at most
 
 
+class Reader(Protocol):
+    """Where a fleet's rollout definitions come from: a directory, or a compacted topic."""
+
+    def stamp(self) -> Hashable:
+        """Changes whenever the definitions may have (cheap: called at most every SCAN_S)."""
+        ...
+
+    def load(self, previous: Fleet | None, generation: int) -> Fleet:
+        """The definitions now, as a fleet (FleetError if they cannot be read at all)."""
+        ...
+
+
+@dataclass(frozen=True)
+class DirectoryReader:
+    """A directory of `*.toml` files, one rollout each."""
+
+    path: Path
+
+    def stamp(self) -> Hashable:
+        try:
+            return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                                for p in self.path.glob("*.toml")))
+        except OSError:
+            return ()
+
+    def load(self, previous: Fleet | None, generation: int) -> Fleet:
+        return load_dir(self.path, previous, generation)
+
+
 class FleetControl:
     """The current fleet and its router; reloaded on change and on SIGHUP."""
 
-    def __init__(self, path: str | Path, say: Callable[[str], None] = lambda _: None,
+    def __init__(self, source: str | Path | Reader, say: Callable[[str], None] = lambda _: None,
                  scan_s: float = SCAN_S, clock: Callable[[], float] = time.monotonic) -> None:
-        self.path = Path(path)
+        self.reader: Reader = (source if not isinstance(source, str | Path)
+                               else DirectoryReader(Path(source)))
         self.say = say
         self.scan_s = scan_s
         self.clock = clock
         self.lock = threading.Lock()
         self.hup = threading.Event()
-        self.fleet = load_dir(self.path)  # FleetError: not a directory
+        self.fleet = self.reader.load(None, 0)  # FleetError: cannot be read at all
         self.router = Router(self.fleet.configs)
         self.version = 0
         self.reloads = 0  # reloads done, for the metrics
-        self._stamp = self._scan()
+        self._stamp = self.reader.stamp()
         self._next = clock() + scan_s
         for problem in self.fleet.problems:
             say(f"rollouts: skipped {problem}")
@@ -65,13 +97,6 @@ class FleetControl:
         """SIGHUP: re-read the directory before the next batch."""
         self.hup.set()
 
-    def _scan(self) -> tuple[tuple[str, int, int], ...]:
-        try:
-            return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size)
-                                for p in self.path.glob("*.toml")))
-        except OSError:
-            return ()
-
     def _maybe_reload(self) -> None:
         with self.lock:
             if not self.hup.is_set() and self.clock() < self._next:
@@ -79,12 +104,12 @@ class FleetControl:
             forced = self.hup.is_set()
             self.hup.clear()
             self._next = self.clock() + self.scan_s
-            stamp = self._scan()
+            stamp = self.reader.stamp()
             if stamp == self._stamp and not forced:
                 return
             self._stamp = stamp
             try:
-                new = load_dir(self.path, previous=self.fleet, generation=self.version + 1)
+                new = self.reader.load(self.fleet, self.version + 1)
             except FleetError as exc:
                 self.say(f"rollouts: not reloaded: {exc}; the running rollouts go on")
                 return
@@ -99,16 +124,16 @@ class FleetControl:
         changed = sorted(n for n in set(old.files) & set(new.files)
                          if old.files[n].digest != new.files[n].digest)
         for name in added:
-            self.say(f"rollouts: + {name} ({Path(new.files[name].path).name}): judged from its next event")
+            self.say(f"rollouts: + {name} ({new.files[name].shown}): judged from its next event")
         for name in changed:
-            self.say(f"rollouts: ~ {name} ({Path(new.files[name].path).name}) changed")
+            self.say(f"rollouts: ~ {name} ({new.files[name].shown}) changed")
         for name in sorted(set(new.files) & set(old.files)):
-            if Path(new.files[name].path) != Path(old.files[name].path):
-                self.say(f"rollouts: ~ {name} now from {Path(new.files[name].path).name}")
+            if new.files[name].path != old.files[name].path:
+                self.say(f"rollouts: ~ {name} now from {new.files[name].shown}")
         for name in removed:
             self.say(f"rollouts: - {name}: its file is gone; its open windows close and it stops")
         for problem in sorted(set(new.problems) - set(old.problems)):
             self.say(f"rollouts: skipped {problem}")
 
 
-__all__ = ["SCAN_S", "FleetControl"]
+__all__ = ["SCAN_S", "DirectoryReader", "FleetControl", "Reader"]
