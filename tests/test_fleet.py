@@ -29,6 +29,7 @@ from pipeline.fleet import (
     matches,
 )
 from pipeline.io.chunk import Chunk
+from pipeline.io.rollouts import FleetControl
 from pipeline.model import DeadLetterReason
 
 
@@ -208,3 +209,25 @@ def test_router_handles_a_frame_without_events() -> None:
     assert Router(cfgs).route(frames.empty()).tolist() == []
     assert Router([]).route(frames.from_events([make_event()], [0])).tolist() == [UNMATCHED]
     assert np.array_equal(Router(cfgs).route(pl.DataFrame(schema=frames.SCHEMA)), np.zeros(0))
+
+
+def test_the_control_rereads_the_directory_when_it_changes_and_at_once_on_request(tmp_path: Path) -> None:
+    now = [0.0]
+    said: list[str] = []
+    (tmp_path / "a.toml").write_text(_rollout("a", 'x_exp = "exp-a"'))
+    control = FleetControl(tmp_path, said.append, scan_s=60.0, clock=lambda: now[0])
+    assert list(control.current()[0].files) == ["a"]
+    (tmp_path / "b.toml").write_text(_rollout("b", 'x_exp = "exp-b"'))
+    assert list(control.current()[0].files) == ["a"]  # not looked at again before scan_s
+    control.request_reload()  # SIGHUP
+    fleet, router = control.current()
+    assert list(fleet.files) == ["a", "b"] and router.names == ("a", "b")
+    assert control.generation("b") == 1 and control.generation("a") == 0 and control.reloads == 1
+    (tmp_path / "a.toml").unlink()
+    now[0] = 61.0  # the next look finds the change by itself
+    assert control.config("a") is None and control.stage("b") == "5%"
+    assert said == ["rollouts: + b (b.toml): judged from its next event",
+                    "rollouts: - a: its file is gone; its open windows close and it stops"]
+    now[0] = 200.0
+    control.current()
+    assert control.reloads == 2  # nothing changed since: not read again
