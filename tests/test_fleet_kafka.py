@@ -135,6 +135,15 @@ def test_three_rollouts_interleaved_in_one_topic_judge_as_three_single_runs(kafk
                                   for g in v["gates"]) for v in fleet["chat"])
 
 
+def _live_fleet(rollouts: str, source: str, out: Path, port: int) -> subprocess.Popen[str]:
+    """A live fleet run (no --until-end) writing verdicts to `out`, serving metrics on `port`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--rollouts", rollouts, "--source", source,
+         "--verdicts", str(out), "--dead-letters", str(out.with_suffix(".dl.jsonl")),
+         "--metrics-port", str(port), "--metrics-addr", "127.0.0.1", "--batch-size", "2000"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
 def _metrics(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         return resp.read().decode()
@@ -163,12 +172,7 @@ def test_a_rollout_added_mid_run_judges_from_its_first_event_and_a_removed_one_s
     rollouts = _directory(tmp_path, ["search"])
     out = tmp_path / "fleet.jsonl"
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", "--rollouts", str(rollouts),
-         "--source", f"kafka://{kafka_bootstrap}/{topic}", "--verdicts", str(out),
-         "--dead-letters", str(tmp_path / "fleet.dl.jsonl"), "--metrics-port", str(port),
-         "--metrics-addr", "127.0.0.1", "--batch-size", "2000"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = _live_fleet(str(rollouts), f"kafka://{kafka_bootstrap}/{topic}", out, port)
     try:
         search = _own("search", minutes=20)
         half = len(search) // 2
@@ -351,12 +355,8 @@ def test_rollouts_registered_on_a_compacted_topic_are_judged_and_a_tombstone_rem
     topic = _topic(kafka_bootstrap)
     out = tmp_path / "fleet.jsonl"
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", "--rollouts", f"kafka://{kafka_bootstrap}/{registry}",
-         "--source", f"kafka://{kafka_bootstrap}/{topic}", "--verdicts", str(out),
-         "--dead-letters", str(tmp_path / "fleet.dl.jsonl"), "--metrics-port", str(port),
-         "--metrics-addr", "127.0.0.1", "--batch-size", "2000"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = _live_fleet(f"kafka://{kafka_bootstrap}/{registry}", f"kafka://{kafka_bootstrap}/{topic}", out,
+                       port)
     try:
         search = _own("search", minutes=20)
         _produce(kafka_bootstrap, topic, search[: len(search) // 2])

@@ -14,7 +14,6 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.cli.cluster import start_followers, stop_followers
 from pipeline.cli.common import UsageError, is_kafka, say
 from pipeline.cli.run import (
     FLEET_NAME,
@@ -25,10 +24,10 @@ from pipeline.cli.run import (
     options_of,
     prepare_recovery,
     run_flow,
+    run_held,
 )
 from pipeline.cli.signals import HUP_EARLY
 from pipeline.fleet import FleetError
-from pipeline.io.lifecycle import STOP
 from pipeline.io.rollouts import DirectoryReader, FleetControl, Reader
 
 JOURNALS = "journals"  # in --recovery-dir: one verdict journal per rollout (flow._RolloutJudge)
@@ -50,22 +49,8 @@ def cmd_run_fleet(args: argparse.Namespace) -> int:
     if is_kafka(args.rollouts) and args.processes > 1:
         say("note: each process follows the rollouts topic itself")
     opts = options_of(args, FLEET_NAME)
-    held = prepare_recovery(None, args.source, opts, args.rollouts)
-    try:
-        if STOP.is_set():
-            say("stopped before the run started: nothing read")
-            return 0
-        followers = (start_followers([*args.argv, "--board", "on" if opts.board_on else "off"],
-                                     opts.addresses)
-                     if args.processes > 1 else [])
-        try:
-            code = run_fleet(control, args.source, opts)
-        finally:
-            code_of_followers = stop_followers(followers)
-        return code or code_of_followers
-    finally:
-        if held is not None:
-            held.release()
+    return run_held(args, opts, prepare_recovery(None, args.source, opts, args.rollouts),
+                    lambda: run_fleet(control, args.source, opts))
 
 
 def open_rollouts(where: str, kafka_config: str | None, *, follow: bool = True) -> Reader:

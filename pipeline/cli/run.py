@@ -69,7 +69,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("run needs --config FILE (one rollout) or --rollouts DIR (a fleet)")
     cfg = config_mod.load(args.config)
     opts = options_of(args, cfg.name)
-    held = prepare_recovery(cfg, args.source, opts)
+    return run_held(args, opts, prepare_recovery(cfg, args.source, opts),
+                    lambda: run_pipeline(cfg, args.source, opts))
+
+
+def run_held(args: argparse.Namespace, opts: RunOptions, held: recovery_mod.Lock | None,
+             run: Callable[[], int]) -> int:
+    """Start the cluster's followers, `run` (process 0's dataflow), stop them, release the recovery lock."""
     try:
         if STOP.is_set():
             say("stopped before the run started: nothing read")
@@ -78,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                      opts.addresses)
                      if args.processes > 1 else [])
         try:
-            code = run_pipeline(cfg, args.source, opts)
+            code = run()
         finally:
             code_of_followers = stop_followers(followers)
         return code or code_of_followers
