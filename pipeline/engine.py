@@ -44,7 +44,7 @@ from pipeline.model import (
     Verdict,
     format_time,
 )
-from pipeline.population import ROWS, sticky_keys, users_of
+from pipeline.population import sticky_keys, users_of
 
 QUANTILES = (0.5, 0.95, 0.99)
 INDEX_COMBOS_MAX = 50  # (variant, region, INDEX_HASH, metric, analyzer) series exported at most
@@ -216,10 +216,8 @@ class Engine:
             self._window(wid).c["duplicates"][caps.admit("variant", variant)] += n
             self.totals["duplicates"] += n
         caps.admit_values(part.labels)
-        rows = part.labels.get(ROWS)
-        as_is = rows is not None and caps.keeps_as_is(rows)
         for w in part.windows:
-            self._window(w.wid).merge_relabeled(w.stats, caps, as_is)
+            self._window(w.wid).merge_relabeled(w.stats, caps)
             for variant, keys in w.sticky.items():
                 self.sticky.see_many(variant, keys, w.wid)
         ids = part.ids

@@ -199,21 +199,6 @@ class LabelCaps:
             return self.kinds.get(kind, {}).get(value, OTHER)
         return value if value in self.shared.get(kind, ()) else OTHER
 
-    def keeps_as_is(self, rows: Iterable[tuple[str | None, ...]]) -> bool:
-        """Whether every value of these label rows (offered already) is labelled as itself, and every
-        row is of a judged variant: then relabelling a partial of these rows changes no key (its
-        counters merge as they are)."""
-        judged = self.judged
-        table = [self.kinds.get(kind, {}) for kind in LABEL_KINDS]
-        for row in rows:
-            if row[0] not in judged:
-                return False  # other variants' keys are pooled (lam_key), not kept as they are
-            for seen, value in zip(table, row, strict=True):
-                # a raw value spelled like OTHER would be pooled as a folded one: not as it is
-                if value is not None and (seen.get(value) != value or value == OTHER):
-                    return False
-        return True
-
     def lam_key(self, variant: str, key: LamKey) -> LamKey:
         """Counter key of a probe's λ state: `key` is (variant label, question label, paraphrase,
         seed, state) of a probe of `variant`.
@@ -321,17 +306,14 @@ class WindowStats:
             for j, sketch in enumerate(mine):
                 sketch.merge_packed(packed, 3 * i + j)
 
-    def merge_relabeled(self, other: ClosedWindow, caps: LabelCaps, as_is: bool = False) -> None:
+    def merge_relabeled(self, other: ClosedWindow, caps: LabelCaps) -> None:
         """Add statistics kept under raw label values, capped as `caps` admitted them.
 
         Every value must have been offered to `caps` already (in arrival order);
         values it did not admit count under "other", as `add_many` would have.
-        `as_is`: `caps.keeps_as_is` holds for the partial's label rows, so every
-        key stays as it is and the window is merged plainly (`merge`).
+        Every key is rebuilt from the caps' own label strings, so windows share
+        one string per label value (as events fed one by one do).
         """
-        if as_is:
-            self.merge(other)
-            return
         label, judged = caps.label, caps.judged
 
         def relabel(kind: str | None, value: Any, variant: str) -> Any:
