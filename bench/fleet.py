@@ -11,7 +11,7 @@ same bytes, several rounds:
     feed each rollout's judge) and the fleet dataflow (`build_fleet_flow`).
 
 Each side reads at its own default batch size (`io/chunk.py`: 20,000 messages
-for one rollout, 50,000 for a fleet, whose summary costs per rollout and window);
+for one rollout, 100,000 for a fleet, whose summary costs per rollout and window);
 the pure core of one rollout is also run at the fleet's batch size, for the
 ratio at equal batches.  Prints events/s and the ratios b/a (the goal: >= 0.8).  With
 --memory, peak RSS of the fleet dataflow, each in its own process, for
