@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +233,31 @@ def test_the_control_rereads_the_directory_when_it_changes_and_at_once_on_reques
     now[0] = 200.0
     control.current()
     assert control.reloads == 2  # nothing changed since: not read again
+
+
+def test_rollouts_with_their_own_window_sizes_and_variant_names_are_summarised_in_one_pass_as_alone() -> None:
+    """One summarising pass over every rollout of a chunk takes each rollout's window size and variants."""
+    def config(name: str, control: str, canary: str, windows: str) -> config_mod.Config:
+        return config_mod.parse(f'[rollout]\nname = "{name}"\ncontrol = "{control}"\ncanary = "{canary}"\n'
+                                f'stage = "50%"\n[windows]\n{windows}\n[match]\nx_exp = "exp-{name}"\n')
+
+    a_cfg = config("a", "control", "canary-v2", "size_s = 60\nhorizon_s = 600")
+    b_cfg = config("b", "ctl-b", "can-b", "size_s = 30\nhorizon_s = 300")
+    a = [line for line in _lines("healthy", "exp-a") if b'"x_exp":"exp-a"' in line]
+    b = [line.replace(b'"variant":"control"', b'"variant":"ctl-b"').replace(b'"variant":"canary-v2"',
+                                                                             b'"variant":"can-b"')
+         for line in _lines("warm_latency_regression", "exp-b") if b'"x_exp":"exp-b"' in line]
+    mixed = [x for pair in zip(a, b, strict=False) for x in pair]
+    cfgs = [a_cfg, b_cfg]
+    routed = route_chunk(Chunk("0", mixed, "mixed.jsonl", 1, last=True), Router(cfgs), cfgs, 1 << 20)
+    for name, cfg in (("a", a_cfg), ("b", b_cfg)):
+        sub, pieces = routed.mine[name]
+        assert any(isinstance(p, Summary) for p in pieces)
+        summary = next(p for p in pieces if isinstance(p, Summary))
+        assert all(set(w.sticky) == {cfg.control, cfg.canary} for w in summary.partial.windows)
+        assert any(w.sticky[cfg.canary] for w in summary.partial.windows)
+        alone = decode_chunk(sub.lines, 1 << 20, cfg.windows.size_s, (cfg.control, cfg.canary))
+        judged = _judged(cfg, pieces, sub)
+        assert judged == _judged(cfg, alone, sub)
+        ends = [datetime.fromisoformat(str(r["window_end"])).timestamp() for r in judged if "window_end" in r]
+        assert len(ends) >= 3 and {b - a for a, b in pairwise(ends)} == {cfg.windows.size_s}
