@@ -65,8 +65,8 @@ class FleetControl:
         self.clock = clock
         self.lock = threading.Lock()
         self.hup = threading.Event()
-        self.fleet = self.reader.load(None, 0)  # FleetError: cannot be read at all
-        self.router = Router(self.fleet.configs)
+        fleet = self.reader.load(None, 0)  # FleetError: cannot be read at all
+        self._now = (fleet, Router(fleet.configs))  # swapped whole: readers never see half a reload
         self.version = 0
         self.reloads = 0  # reloads done, for the metrics
         self._stamp = self.reader.stamp()
@@ -78,7 +78,12 @@ class FleetControl:
         """The fleet to route and judge with now (re-read first if the directory changed)."""
         if self.hup.is_set() or self.clock() >= self._next:
             self._maybe_reload()
-        return self.fleet, self.router
+        return self._now
+
+    @property
+    def fleet(self) -> Fleet:
+        """The fleet as last read (without looking at the source again)."""
+        return self._now[0]
 
     def config(self, name: str) -> Config | None:
         """The current config of rollout `name`; None once its file is gone (or never was)."""
@@ -114,7 +119,7 @@ class FleetControl:
                 self.say(f"rollouts: not reloaded: {exc}; the running rollouts go on")
                 return
             self._report(self.fleet, new)
-            self.fleet, self.router = new, Router(new.configs)
+            self._now = (new, Router(new.configs))
             self.version += 1
             self.reloads += 1
 
