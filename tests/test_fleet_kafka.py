@@ -76,6 +76,17 @@ def _verdicts(path: Path) -> dict[str, list[dict]]:
     return out
 
 
+def _first_difference(name: str, got: list[dict], want: list[dict]) -> str:
+    """Where two verdict timelines first differ, compactly (the window, then each field that differs)."""
+    for a, b in zip(got, want, strict=False):
+        if a != b:
+            fields = {k: (a.get(k), b.get(k)) for k in a if k != "gates" and a.get(k) != b.get(k)}
+            gates = [(x["gate"], x["region"], {k: (x[k], y[k]) for k in x if x[k] != y[k]})
+                     for x, y in zip(a["gates"], b["gates"], strict=False) if x != y]
+            return f"{name} at {a['window_end']}: {fields} {gates}"
+    return f"{name}: {len(got)} verdicts against {len(want)}"
+
+
 def _directory(tmp_path: Path, names: list[str]) -> Path:
     rollouts = tmp_path / "rollouts"
     rollouts.mkdir(exist_ok=True)
@@ -110,7 +121,7 @@ def test_three_rollouts_interleaved_in_one_topic_judge_as_three_single_runs(kafk
         [sys.executable, "-m", "pipeline.cli", "run", "--rollouts", str(_directory(tmp_path, list(FLEET))),
          "--source", f"kafka://{kafka_bootstrap}/{topic}", "--until-end", "--verdicts", str(out),
          "--dead-letters", str(tmp_path / "fleet.dl.jsonl"), "--metrics-port", str(port),
-         "--metrics-addr", "127.0.0.1", "--batch-size", "3000"],
+         "--metrics-addr", "127.0.0.1"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -119,12 +130,12 @@ def test_three_rollouts_interleaved_in_one_topic_judge_as_three_single_runs(kafk
     for name, (_, decision) in FLEET.items():
         single = _single(kafka_bootstrap, tmp_path, name, own[name])
         assert len(single) >= 10
-        assert fleet[name] == single, name
+        assert fleet[name] == single, _first_difference(name, fleet[name], single)
         assert fleet[name][-1]["decision"] == decision
     # two processes: the rollouts' judges spread over the workers, the same verdicts
     res = _cli("run", "--rollouts", str(tmp_path / "rollouts"), "--source", f"kafka://{kafka_bootstrap}/{topic}",
                "--until-end", "--verdicts", str(tmp_path / "two.jsonl"), "--dead-letters",
-               str(tmp_path / "two.dl.jsonl"), "--batch-size", "3000", "--processes", "2")
+               str(tmp_path / "two.dl.jsonl"), "--processes", "2")
     assert res.returncode == 0, res.stderr
     assert _verdicts(tmp_path / "two.jsonl") == fleet
     assert "latest per rollout: chat stop, docs insufficient_data, search promote" in res.stderr
